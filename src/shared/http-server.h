@@ -2,6 +2,7 @@
 #pragma once
 
 #include <json-c/json_object.h>
+#include <sys/socket.h>
 #include <systemd/sd-event.h>
 
 #include "macro.h"
@@ -28,8 +29,8 @@ typedef enum HttpMethod {
 
 /* Called when the request is complete. Returns 0 once a reply was queued with one
  * of the http_request_reply*() calls, or after http_request_suspend(). A negative
- * errno makes the server answer 500 (or 503 for -ECONNREFUSED/-ENOTCONN/-ETIMEDOUT)
- * unless a reply was already queued. */
+ * errno makes the server answer 500 (or 503 for -ECONNREFUSED/-ENOTCONN/-ETIMEDOUT/
+ * -ECONNRESET/-EHOSTUNREACH) unless a reply was already queued. */
 typedef int (*HttpHandler)(HttpRequest *req, void *userdata);
 
 typedef struct HttpRoute {
@@ -62,7 +63,8 @@ int http_server_new(HttpServer **ret, sd_event *event, const HttpServerSettings 
 HttpServer *http_server_free(HttpServer *s);
 DEFINE_TRIVIAL_CLEANUP_FUNC(HttpServer *, http_server_free);
 
-/* Serves on an already listening socket (takes ownership of fd). May be called several times. */
+/* Serves on an already listening socket (takes ownership of fd, which is closed on failure too).
+ * May be called several times: one MHD daemon per socket. */
 int http_server_add_listener(HttpServer *s, int fd);
 /* The listening sockets for a daemon: those passed by systemd (sd_listen_fds) when there are any,
  * otherwise a new socket bound to "ADDR:PORT" ("127.0.0.1:8080", "[::1]:8080", ":8080" for any)
@@ -77,7 +79,10 @@ int http_parse_listen_address(const char *s, struct sockaddr_storage *ret, sockl
 /* Routing, exposed for tests: returns the matching route or NULL with *ret_status set to
  * 404 (no pattern matches the path) or 405 (the path matches, the method does not; then
  * *ret_allowed is the mask of allowed methods). Captured "{name}" segments are stored in
- * params (pointers into a copy of path owned by the caller through *ret_buffer). */
+ * params (pointers into a copy of path owned by the caller through params->buffer; params
+ * is initialized here, release it with http_params_done()). Segments match exactly; one
+ * trailing slash is ignored ("/api/tasks/" matches "/api/tasks"); the first matching
+ * route wins, so list literal segments before "{name}" ones; HEAD is served by GET routes. */
 #define HTTP_MAX_PARAMS 4
 typedef struct HttpParams {
         size_t n;
@@ -129,6 +134,7 @@ json_object *http_problem_new(unsigned status, const char *detail, json_object *
 /* Keeps the connection open without a reply. The handler returns 0; the request is
  * answered later with http_request_reply*(). If the server shuts down first, it
  * answers 503 itself. The abort callback (optional) tells the owner that the request is
- * going away without a reply (server shutdown), so that it drops its pointer. */
+ * going away without its reply (server shutdown, or the handler returned an error after
+ * suspending), so that it drops its pointer. Only a running handler may suspend (else -EBUSY). */
 int http_request_suspend(HttpRequest *req, void (*abort_callback)(HttpRequest *req, void *userdata),
                          void *userdata);

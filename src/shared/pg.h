@@ -39,17 +39,24 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(PgPool *, pg_pool_free);
 /* true when at least one connection is established (for /readyz). */
 bool pg_pool_is_connected(PgPool *p);
 
-/* Queues a statement with text parameters (values[i] may be NULL for SQL NULL).
- * The callback is always called exactly once, later, from the event loop (never from
- * within this call), unless the query is cancelled with pg_query_cancel().
- * ret_query (optional) is a handle valid until the callback ran. */
+/* Queues a statement with text parameters (values[i] may be NULL for SQL NULL; sql and
+ * values are copied). The callback is always called exactly once, later, from the event
+ * loop (never from within this call), unless the query is cancelled with
+ * pg_query_cancel(). ret_query (optional) is a handle valid until the callback ran.
+ * timeout_usec: 0 is the pool's default, USEC_INFINITY none. A statement that runs past
+ * its deadline costs its connection (it is dropped and re-established: PQcancel() would
+ * block). Returns -EAGAIN when max_queued queries wait already, -ESHUTDOWN while the pool
+ * is being freed, -EINVAL for bad arguments. The callback may queue or cancel queries and
+ * may free the pool. */
 int pg_pool_query(PgPool *p, const char *sql, int n_params, const char *const *values,
                   uint64_t timeout_usec, PgCallback callback, void *userdata, PgQuery **ret_query);
 /* The callback will not be called; the statement may still run on the server. */
 void pg_query_cancel(PgQuery *q);
 
 /* Several statements run in order on one connection inside BEGIN … COMMIT; the
- * callback gets the result of the last one. Any failure rolls back. */
+ * callback gets the result of the last one. Any failure rolls back, and the callback gets
+ * the failing statement's error result (-EBADMSG). -ETIMEDOUT/-ECONNRESET while COMMIT
+ * was in flight leave the outcome unknown. */
 typedef struct PgStatement {
         const char *sql;
         int n_params;
@@ -60,7 +67,9 @@ int pg_pool_transaction(PgPool *p, const PgStatement *statements, size_t n_state
 
 /* LISTEN on channels over a dedicated connection that reconnects by itself; the
  * callback runs for every NOTIFY. After a reconnect, on_reconnect (optional) runs so the
- * owner can re-check state it may have missed. */
+ * owner can re-check state it may have missed: each time the LISTENs are in place again
+ * after the connection was lost or an attempt failed (not after a first attempt that
+ * succeeded). Channel names are quoted identifiers (case-sensitive, as pg_notify()). */
 typedef struct PgListener PgListener;
 typedef void (*PgNotifyCallback)(PgListener *l, const char *channel, const char *payload, void *userdata);
 typedef void (*PgReconnectCallback)(PgListener *l, void *userdata);
@@ -76,11 +85,18 @@ const char *pg_result_sqlstate(const PGresult *r); /* NULL if none */
 #define PG_UNIQUE_VIOLATION "23505"
 /* Converts an Npgsql connection string to libpq keyword/value form; other strings are copied. */
 int pg_conninfo_normalize(const char *s, char **ret);
-/* Removes the password from a conninfo for logging. */
+/* Masks passwords (password, sslpassword; Pwd/Psw in Npgsql form) in a conninfo of any
+ * of the three forms with "***", for logging. Lenient: a malformed string is still
+ * masked wherever some reading of it has a password. */
 int pg_conninfo_redact(const char *s, char **ret);
 
 /* Migrations (blocking; run at start-up before the event loop serves, and by dtask-migrate):
  * applies every sql/NNNN-*.sql file in dir not yet recorded in table schema_migrations, in
  * order, each in its own transaction, all under a session advisory lock so that several
- * daemons starting at once apply each migration exactly once. ret_applied: number applied. */
+ * daemons starting at once apply each migration exactly once. ret_applied: number applied.
+ * File names: four or more digits, '-', a name, ".sql"; other files are ignored. A file must
+ * not contain transaction control (BEGIN/COMMIT). On failure *ret_error (optional, free())
+ * says what failed, naming the file and quoting the server (never the password); errors:
+ * -ECONNREFUSED (connect), -EBADMSG (server rejected SQL), -ENOTCONN (connection lost),
+ * -ENOENT etc. (directory/files), -EEXIST (two files with one version). */
 int pg_migrate(const char *conninfo, const char *dir, unsigned *ret_applied, char **ret_error);

@@ -46,6 +46,9 @@ const ConfigKey config_keys[] = {
           .description = "login attempts per minute and client address" },
         { "VALIDATE_RATE_LIMIT", CONFIG_UINT, 0, "600", 1, 10000000,
           .description = "validations of unknown keys per minute and client address" },
+        { "VALIDATE_RATE_LIMIT_EXEMPT", CONFIG_STRING, 0, "127.0.0.1,::1",
+          .description = "clients whose validations are never rate-limited (the dtask-api hosts): "
+                         "addresses or CIDR prefixes" },
 
         /* dtask-api */
         { "KEYS_URL", CONFIG_URL, 0, "http://127.0.0.1:5215", .description = "base URL of dtask-keys" },
@@ -59,12 +62,16 @@ const ConfigKey config_keys[] = {
           .description = "a worker's claim lapses when not renewed by a heartbeat for this long" },
         { "MAX_ATTEMPTS", CONFIG_UINT, 0, "3", 1, 100 },
         { "IDEMPOTENCY_RETENTION", CONFIG_DURATION, 0, "24h", 60 * SEC, 30 * 24 * 3600 * SEC },
+        { "METRICS_ALLOW", CONFIG_STRING, 0, "127.0.0.0/8,::1",
+          .description = "clients allowed to read /metrics: addresses or CIDR prefixes, \"*\" for all" },
 
         /* dtask-worker */
         { "API_URL", CONFIG_URL, 0, "http://127.0.0.1:8080", .description = "base URL of dtask-api" },
         { "API_KEY", CONFIG_STRING, CONFIG_SECRET | CONFIG_CREDENTIAL, NULL,
           .description = "the worker's key (claims tasks:read and tasks:execute)" },
         { "WORKER_CONCURRENCY", CONFIG_UINT, 0, "1", 1, 256 },
+        { "WORKER_STOP_GRACE", CONFIG_DURATION, 0, "20s", 0, 3600 * SEC,
+          .description = "on SIGTERM, how long running tasks may finish before they are killed and released" },
         { "SANDBOX_MEMORY_MAX", CONFIG_SIZE, 0, "256M", 16 * MiB, 0 },
         { "SANDBOX_PIDS_MAX", CONFIG_UINT, 0, "64", 4, 100000 },
         { "SANDBOX_CPU_QUOTA", CONFIG_UINT, 0, "100", 1, 100000, .description = "percent of one CPU" },
@@ -86,6 +93,8 @@ const ConfigKey config_keys[] = {
         { "STATE_DIRECTORY", CONFIG_STRING, 0, "/var/lib/dtask" },
 
         /* dtask-reaper */
+        { "REPUBLISH_AFTER", CONFIG_DURATION, 0, "5min", 10 * SEC, 0,
+          .description = "a Pending task published this long ago and never claimed is published again" },
         { "RETENTION", CONFIG_DURATION, 0, "0", 0, 0,
           .description = "purge terminal tasks older than this; 0 keeps them forever" },
 };

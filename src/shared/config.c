@@ -284,6 +284,10 @@ static int config_parse_file(Config *c, const char *path, bool strict, char **re
         unsigned line = 0;
         int r;
 
+        /* --config=/dev/null: no file, only defaults, credentials and the environment. */
+        if (streq(path, "/dev/null"))
+                return 0;
+
         r = read_file_limited(path, CONFIG_FILE_MAX, &text, &size);
         if (r < 0)
                 return errorf(ret_error, "%s: cannot read: %s", path, strerror(-r)), r;

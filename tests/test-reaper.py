@@ -1,0 +1,210 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""dtask-reaper against the real PostgreSQL and RabbitMQ of the dev environment.
+
+Tasks are written straight into the tasks table (this tests the reaper, not the
+API), then dtask-reaper passes run and the rows are checked. Every row of this
+test carries its own owner id, so concurrent tests and the dev reaper loop only
+ever touch other rows — except where the dev reaper competes for the same rows,
+which the exactly-once checks must tolerate anyway."""
+
+import os
+import subprocess
+import sys
+import uuid
+
+PASSED = FAILED = 0
+
+
+def env(name):
+    value = os.environ.get(name)
+    if not value:
+        print(f"{name} is not set (run through tools/dev test); skipping")
+        sys.exit(77)
+    return value
+
+
+DB = env("DTASK_DATABASE_URL")
+AMQP = env("DTASK_AMQP_URL")
+REAPER = os.path.join(env("DTASK_BUILD_ROOT"), "src/reaper/dtask-reaper")
+OWNER = str(uuid.uuid4())
+
+
+def sql(query, *params):
+    """Runs one statement through psql; params are passed as psql variables (quoted literals)."""
+    args = ["psql", DB, "-X", "-q", "-t", "-A", "-F", "|", "-v", "ON_ERROR_STOP=1"]
+    for i, p in enumerate(params, 1):
+        args += ["-v", f"p{i}={p}"]
+    out = subprocess.run(args, input=query, capture_output=True, text=True, check=True)
+    return [line.split("|") for line in out.stdout.splitlines() if line]
+
+
+def reaper(*extra, env_extra=None):
+    e = dict(os.environ, DATABASE_URL=DB, AMQP_URL=AMQP, LOG_LEVEL="info")
+    e.pop("CREDENTIALS_DIRECTORY", None)
+    e.update(env_extra or {})
+    return subprocess.run([REAPER, "--config=/dev/null", *extra], capture_output=True, text=True, env=e, timeout=60)
+
+
+def check(cond, what):
+    global PASSED, FAILED
+    if cond:
+        PASSED += 1
+        print(f"ok - {what}")
+    else:
+        FAILED += 1
+        print(f"FAIL - {what}")
+
+
+def insert(name, status, expires_in, **cols):
+    """Inserts a task for OWNER; expires_in in seconds relative to now (negative: overdue)."""
+    tid = str(uuid.uuid4())
+    fields = {
+        "attempt": 0, "max_attempts": 3, "lease_in": None, "published": "false", "updated_ago": 0,
+        "published_ago": None,
+    }
+    fields.update(cols)
+    lease = "NULL" if fields["lease_in"] is None else f"now() + interval '{fields['lease_in']} seconds'"
+    published_at = "NULL" if fields["published_ago"] is None else f"now() - interval '{fields['published_ago']} seconds'"
+    sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, status, ttl, created_at, updated_at, expires_at,
+                               attempt, max_attempts, lease_expires_at, published, published_at, started_at)
+            VALUES ('{tid}', :'p1', 'print(1)', 1, '{OWNER}', {status}, interval '1 hour',
+                    now() - interval '1 minute', now() - interval '{fields['updated_ago']} seconds',
+                    now() + interval '{expires_in} seconds', {fields['attempt']}, {fields['max_attempts']},
+                    {lease}, {fields['published']}, {published_at},
+                    CASE WHEN {status} = 1 THEN now() ELSE NULL END)""", name)
+    if status == 1:
+        sql(f"INSERT INTO task_attempts (task_id, retry_count, attempt, worker) VALUES ('{tid}', 0, {fields['attempt']}, 'test')")
+    return tid
+
+
+def row(tid):
+    r = sql(f"""SELECT status, coalesce(error_message, ''), completed_at IS NOT NULL, coalesce(verdict, ''),
+                       attempt, published, lease_expires_at IS NULL FROM tasks WHERE id = '{tid}'""")
+    return r[0] if r else None
+
+
+def test_expire_and_rescue():
+    overdue_pending = insert("overdue pending", 0, -5, published="true", published_ago=10)
+    overdue_running = insert("overdue running", 1, -1, attempt=1, lease_in=20)
+    live_pending = insert("live pending", 0, 3600, published="true", published_ago=1)
+    lapsed = insert("lapsed lease", 1, 3600, attempt=1, lease_in=-5)
+    lapsed_last = insert("lapsed, last attempt", 1, 3600, attempt=3, lease_in=-5)
+    done = insert("completed long ago", 2, -100)
+
+    p = reaper()
+    check(p.returncode == 0, f"reaper pass exits 0 (stderr: {p.stderr.strip()[-300:]})")
+    check("expired=" in p.stderr, "reaper prints a one-line summary")
+
+    r = row(overdue_pending)
+    check(r[0] == "4" and r[1] == "Task expired due to TTL" and r[2] == "t", "overdue Pending task is Expired with the TTL message")
+    r = row(overdue_running)
+    check(r[0] == "4" and r[6] == "t", "overdue InProgress task is Expired and its lease cleared")
+    hist = sql(f"SELECT status, ended_at IS NOT NULL FROM task_attempts WHERE task_id = '{overdue_running}'")
+    check(hist == [["4", "t"]], "the attempt history of the expired running task is closed")
+    check(row(live_pending)[0] == "0", "a Pending task with time left is untouched")
+    r = row(lapsed)
+    check(r[0] == "0" and r[4] == "1", "a lapsed lease goes back to Pending (next claim is attempt 2)")
+    check(r[5] == "t", "the rescued task is re-published at once (broker confirm recorded)")
+    r = row(lapsed_last)
+    check(r[0] == "3" and r[3] == "worker_lost" and r[2] == "t", "a lapsed lease on the last attempt fails with worker_lost")
+    check(row(done)[0] == "2", "terminal tasks are never touched")
+
+
+def test_republish_unpublished():
+    fresh = insert("unpublished, just created", 0, 3600, published="false", updated_ago=0)
+    stale = insert("unpublished, broker was down", 0, 3600, published="false", updated_ago=30)
+    p = reaper()
+    check(p.returncode == 0, "reaper pass exits 0")
+    check(row(stale)[5] == "t", "an unpublished Pending task is published and marked after the broker confirmed")
+    check(row(fresh)[5] == "f", "a task created a moment ago is left to the API's own publish")
+
+
+def test_broker_down_keeps_tasks():
+    stale = insert("unpublished, broker unreachable", 0, 3600, published="false", updated_ago=30)
+    p = reaper(env_extra={"AMQP_URL": "amqp://guest:guest@127.0.0.1:1"})
+    check(p.returncode == 0, "a pass without a broker still exits 0")
+    check("not reachable" in p.stderr, "and says the broker is not reachable")
+    check(row(stale)[5] == "f", "the task stays unpublished for a later pass")
+    sql(f"UPDATE tasks SET published_at = NULL WHERE id = '{stale}'")
+
+
+def test_database_down():
+    p = reaper(env_extra={"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/dtask?connect_timeout=2",
+                          "DATABASE_TIMEOUT": "3s"})
+    check(p.returncode != 0, "database unreachable: non-zero exit")
+    check("database" in p.stderr.lower(), "with a message naming the database")
+
+
+def test_concurrent_reapers_expire_once():
+    # Record every transition into Expired of this test's rows.
+    sql(f"""CREATE TABLE IF NOT EXISTS reaper_test_expirations (task_id uuid, at timestamptz DEFAULT now());
+            CREATE OR REPLACE FUNCTION reaper_test_record() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.owner_id = '{OWNER}' AND NEW.status = 4 AND OLD.status <> 4 THEN
+                INSERT INTO reaper_test_expirations (task_id) VALUES (NEW.id);
+              END IF;
+              RETURN NULL;
+            END $$;
+            DROP TRIGGER IF EXISTS reaper_test_record ON tasks;
+            CREATE TRIGGER reaper_test_record AFTER UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION reaper_test_record();""")
+    try:
+        sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, status, ttl, expires_at, published)
+                SELECT gen_random_uuid(), 'bulk ' || i, 'print(1)', 1, '{OWNER}', i % 2, interval '1 second',
+                       now() - interval '1 second', true
+                FROM generate_series(1, 300) i""")
+        e = dict(os.environ, DATABASE_URL=DB, AMQP_URL=AMQP)
+        procs = [subprocess.Popen([REAPER, "--config=/dev/null"], env=e, stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+        codes = [p.wait(timeout=60) for p in procs]
+        check(codes == [0, 0, 0], "three concurrent reapers exit 0")
+        left = sql(f"SELECT count(*) FROM tasks WHERE owner_id = '{OWNER}' AND name LIKE 'bulk %' AND status <> 4")
+        check(left == [["0"]], "all 300 overdue tasks are Expired")
+        dup = sql(f"""SELECT count(*), count(DISTINCT task_id) FROM reaper_test_expirations e
+                      JOIN tasks t ON t.id = e.task_id WHERE t.name LIKE 'bulk %'""")
+        check(dup == [["300", "300"]], f"each task was expired exactly once (transitions, distinct: {dup})")
+    finally:
+        sql("""DROP TRIGGER IF EXISTS reaper_test_record ON tasks;
+               DROP FUNCTION IF EXISTS reaper_test_record();
+               DROP TABLE IF EXISTS reaper_test_expirations;""")
+
+
+def test_loop_and_arguments():
+    p = subprocess.run([REAPER, "--loop=nonsense"], capture_output=True, text=True)
+    check(p.returncode != 0 and "--loop" in p.stderr, "a bad --loop interval is refused with a message")
+    p = subprocess.run([REAPER, "--help"], capture_output=True, text=True)
+    check(p.returncode == 0 and "--loop=INTERVAL" in p.stdout, "--help documents --loop")
+    e = dict(os.environ, DATABASE_URL=DB, AMQP_URL=AMQP, SANDBOX_PIDS_MAX="lots")
+    p = subprocess.run([REAPER, "--config=/dev/null"], capture_output=True, text=True, env=e)
+    check(p.returncode != 0 and "SANDBOX_PIDS_MAX" in p.stderr, "a malformed configuration value is named at start")
+
+    tid = insert("expires while the loop runs", 0, 2, published="true", published_ago=1)
+    loop = subprocess.Popen([REAPER, "--config=/dev/null", "--loop=200ms"], env=e | {"SANDBOX_PIDS_MAX": "64"},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and row(tid)[0] != "4":
+            time.sleep(0.2)
+        check(row(tid)[0] == "4", "the --loop reaper expires a task after its TTL ran out")
+    finally:
+        loop.terminate()
+        check(loop.wait(timeout=10) == 0, "the --loop reaper exits 0 on SIGTERM")
+
+
+def main():
+    try:
+        test_expire_and_rescue()
+        test_republish_unpublished()
+        test_broker_down_keeps_tasks()
+        test_database_down()
+        test_concurrent_reapers_expire_once()
+        test_loop_and_arguments()
+    finally:
+        sql(f"DELETE FROM tasks WHERE owner_id = '{OWNER}'")
+    print(f"{PASSED} passed, {FAILED} failed")
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

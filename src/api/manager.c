@@ -1,0 +1,424 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+
+#include "auth.h"
+#include "bus.h"
+#include "dispatch.h"
+#include "log.h"
+#include "manager.h"
+#include "metrics.h"
+#include "routes.h"
+#include "task-store.h"
+#include "waiters.h"
+
+#define MIGRATE_RETRY_MIN_USEC (1 * USEC_PER_SEC)
+#define MIGRATE_RETRY_MAX_USEC (30 * USEC_PER_SEC)
+#define PEM_MAX (1024 * 1024)
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+
+        /* Order matters: requests first (suspended ones are answered 503; their calls are
+         * freed or detached), then the sources of callbacks into those calls (keys client,
+         * pool: pending operations complete with -ECANCELED), then what the callbacks use. */
+        m->bus = api_bus_free(m->bus);
+        m->http = http_server_free(m->http);
+        m->auth = auth_free(m->auth);
+        m->listener = pg_listener_free(m->listener);
+        m->migrate_timer = sd_event_source_disable_unref(m->migrate_timer);
+        m->dispatch = dispatch_free(m->dispatch);
+        m->pool = pg_pool_free(m->pool);
+        m->store = task_store_free(m->store);
+        m->waiters = waiters_free(m->waiters);
+        m->metrics = metrics_free(m->metrics);
+        free(m->routes);
+
+        erase_and_free(m->conninfo);
+        erase_and_free(m->tls_key);
+        free(m->tls_certificate);
+        free(m->sql_dir);
+
+        config_free(m->config);
+        sd_event_unref(m->event);
+        return mfree(m);
+}
+
+static int read_pem(const char *key, const char *value, char **ret) {
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ char *buf = NULL;
+        struct stat st;
+        size_t n = 0;
+
+        /* A credential holds the PEM text itself; the configuration file names a path. */
+        if (strstr(value, "-----BEGIN ")) {
+                buf = strdup(value);
+                if (!buf)
+                        return log_oom();
+                *ret = TAKE_PTR(buf);
+                return 0;
+        }
+        fd = open(value, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return log_error_errno(errno, "%s: cannot open %s: %m", key, value);
+        if (fstat(fd, &st) < 0)
+                return log_error_errno(errno, "%s: cannot stat %s: %m", key, value);
+        if (!S_ISREG(st.st_mode) || st.st_size > PEM_MAX)
+                return log_error_errno(EINVAL, "%s: %s is not a regular file of at most 1 MiB.", key, value);
+        buf = malloc((size_t) st.st_size + 1);
+        if (!buf)
+                return log_oom();
+        while (n < (size_t) st.st_size) {
+                ssize_t k = read(fd, buf + n, (size_t) st.st_size - n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return log_error_errno(errno, "%s: cannot read %s: %m", key, value);
+                if (k == 0)
+                        break;
+                n += (size_t) k;
+        }
+        buf[n] = '\0';
+        if (!strstr(buf, "-----BEGIN ")) {
+                sodium_memzero(buf, n);
+                return log_error_errno(EINVAL, "%s: %s does not contain PEM data.", key, value);
+        }
+        *ret = TAKE_PTR(buf);
+        return 0;
+}
+
+static const char *find_sql_dir(const ManagerOptions *o) {
+        const char *e;
+
+        if (o && o->sql_dir)
+                return o->sql_dir;
+        e = getenv("DTASK_SQL_DIR");
+        if (!isempty(e))
+                return e;
+        /* Run from the build tree (not installed): the migrations of the source tree. */
+        if (access(SQLDIR, F_OK) < 0 && access(SOURCE_SQLDIR, F_OK) >= 0)
+                return SOURCE_SQLDIR;
+        return SQLDIR;
+}
+
+static int config_error(const char *message) {
+        log_error("Invalid configuration: %s", message);
+        return -EINVAL;
+}
+
+static int manager_configure(Manager *m, const ManagerOptions *o) {
+        static const char *const required[] = { "DATABASE_URL", NULL };
+        _cleanup_free_ char *error = NULL;
+        const Config *c = m->config;
+        const char *s;
+        int r;
+
+        s = config_string(c, "LOG_LEVEL");
+        if (log_set_max_level_from_string(s) < 0) {
+                log_error("Invalid configuration: LOG_LEVEL (%s): unknown level \"%s\" (emerg…debug or 0…7).",
+                          config_source(c, "LOG_LEVEL"), s);
+                return -EINVAL;
+        }
+
+        r = config_require(c, required, &error);
+        if (r < 0)
+                return config_error(error ?: "a required key is not set");
+
+        m->conninfo = strdup(config_string(c, "DATABASE_URL"));
+        if (!m->conninfo)
+                return log_oom();
+
+        m->limits = (TaskLimits) {
+                .max_code_size = config_uint(c, "MAX_CODE_SIZE"),
+                .max_input_size = config_uint(c, "MAX_INPUT_SIZE"),
+                .max_ttl = config_uint(c, "MAX_TTL"),
+                /* what a worker may report: its captured output, with room for annotations */
+                .max_output_size = 2 * config_uint(c, "SANDBOX_OUTPUT_MAX") + 64 * 1024,
+        };
+        m->max_wait = config_uint(c, "MAX_WAIT");
+        m->lease_duration = config_uint(c, "LEASE_DURATION");
+        m->idempotency_retention = config_uint(c, "IDEMPOTENCY_RETENTION");
+        m->db_timeout = config_uint(c, "DATABASE_TIMEOUT");
+        m->max_attempts = (unsigned) config_uint(c, "MAX_ATTEMPTS");
+
+        if (config_is_set(c, "TLS_CERTIFICATE") != config_is_set(c, "TLS_KEY"))
+                return config_error("TLS_CERTIFICATE and TLS_KEY must be set together.");
+        if (config_is_set(c, "TLS_CERTIFICATE")) {
+                r = read_pem("TLS_CERTIFICATE", config_string(c, "TLS_CERTIFICATE"), &m->tls_certificate);
+                if (r < 0)
+                        return r;
+                r = read_pem("TLS_KEY", config_string(c, "TLS_KEY"), &m->tls_key);
+                if (r < 0)
+                        return r;
+        }
+
+        r = metrics_new(&m->metrics, config_string(c, "METRICS_ALLOW"));
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0) {
+                log_error("Invalid configuration: METRICS_ALLOW (%s): \"%s\" is not a list of addresses or "
+                          "CIDR prefixes (e.g. \"127.0.0.0/8, ::1\", or \"*\").",
+                          config_source(c, "METRICS_ALLOW"), config_string(c, "METRICS_ALLOW"));
+                return -EINVAL;
+        }
+
+        m->sql_dir = strdup(find_sql_dir(o));
+        if (!m->sql_dir)
+                return log_oom();
+        return 0;
+}
+
+int manager_new(Manager **ret, const ManagerOptions *o) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        _cleanup_free_ char *error = NULL;
+        int r;
+
+        m = calloc(1, sizeof *m);
+        if (!m)
+                return log_oom();
+
+        r = config_load(&m->config, o ? o->config_path : NULL, &error);
+        if (r < 0) {
+                if (error)
+                        log_error("Invalid configuration: %s", error);
+                else
+                        log_error_errno(r, "Failed to load the configuration: %m");
+                return r;
+        }
+        r = manager_configure(m, o);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+
+        log_info("Received %s, stopping.", strsignal((int) si->ssi_signo));
+        (void) sd_notify(false, "STOPPING=1\nSTATUS=Stopping.");
+        return sd_event_exit(m->event, 0);
+}
+
+void manager_task_changed(Manager *m, const char *id, TaskStatus status, unsigned attempt) {
+        log_debug("Task %s is now %s (attempt %u).", id, strna(task_status_to_string(status)), attempt);
+        if (task_status_is_terminal(status))
+                waiters_notify(m->waiters, id);
+        api_bus_task_changed(m->bus, id, status);
+}
+
+static void on_notify(PgListener *l, const char *channel, const char *payload, void *userdata) {
+        Manager *m = userdata;
+        char id[UUID_STRING_MAX], status_buf[8];
+        unsigned attempt;
+        int status;
+
+        /* "<id> <status> <attempt>" from the dtask_task_changed trigger */
+        if (sscanf(payload, "%36s %7s %u", id, status_buf, &attempt) != 3 || !uuid_is_valid(id)) {
+                log_debug("Ignoring a malformed notification on %s: \"%s\"", channel, payload);
+                return;
+        }
+        status = task_status_from_string(status_buf);
+        if (status < 0) {
+                log_debug("Ignoring a notification with unknown status on %s: \"%s\"", channel, payload);
+                return;
+        }
+        manager_task_changed(m, id, (TaskStatus) status, attempt);
+}
+
+static void on_listener_reconnect(PgListener *l, void *userdata) {
+        Manager *m = userdata;
+
+        /* Changes announced while we were not listening are lost: everybody looks again. */
+        log_info("Listening for task changes again; re-checking %zu waiting request(s).", waiters_count(m->waiters));
+        waiters_notify_all(m->waiters);
+        api_bus_refresh_counts(m->bus);
+}
+
+static void on_request_completed(const char *route, HttpMethod method, unsigned status, uint64_t duration_usec,
+                                 void *userdata) {
+        Manager *m = userdata;
+
+        metrics_request_completed(m->metrics, route, method, status, duration_usec);
+}
+
+static void notify_ready(Manager *m) {
+        (void) sd_notifyf(false, "READY=1\nSTATUS=Serving tasks%s.",
+                          m->bus ? "" : " (D-Bus unavailable)");
+}
+
+static int migrate_schedule(Manager *m);
+
+/* Applies the migrations (blocking; only at start-up). Returns 1 when done, 0 to retry, < 0 fatal. */
+static int migrate(Manager *m) {
+        _cleanup_free_ char *error = NULL;
+        unsigned applied = 0;
+        int r;
+
+        m->migrate_attempts++;
+        r = pg_migrate(m->conninfo, m->sql_dir, &applied, &error);
+        if (r == -ENOENT && access(m->sql_dir, F_OK) < 0)
+                return log_error_errno(r, "Migration directory %s does not exist (use --sql-dir= or $DTASK_SQL_DIR).",
+                                       m->sql_dir);
+        if (r < 0) {
+                if (m->migrate_attempts == 1)
+                        log_warning_errno(r, "Database not ready, retrying in the background: %s",
+                                          error ?: strerror(-r));
+                else
+                        log_debug_errno(r, "Database still not ready (attempt %u): %s", m->migrate_attempts,
+                                        error ?: strerror(-r));
+                (void) sd_notifyf(false, "STATUS=Waiting for the database (attempt %u).", m->migrate_attempts);
+                return 0;
+        }
+        if (applied > 0)
+                log_info("Applied %u database migration%s from %s.", applied, applied == 1 ? "" : "s", m->sql_dir);
+        if (m->migrate_attempts > 1)
+                log_notice("Database reachable after %u attempts.", m->migrate_attempts);
+        m->migrated = true;
+        api_bus_refresh_counts(m->bus);
+        notify_ready(m);
+        return 1;
+}
+
+static int on_migrate_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        r = migrate(m);
+        if (r < 0)
+                return sd_event_exit(m->event, r);
+        if (r == 0)
+                (void) migrate_schedule(m);
+        return 0;
+}
+
+static int migrate_schedule(Manager *m) {
+        usec_t delay = MIGRATE_RETRY_MIN_USEC, when;
+        int r;
+
+        for (unsigned i = 1; i < m->migrate_attempts && delay < MIGRATE_RETRY_MAX_USEC; i++)
+                delay *= 2;
+        delay = MIN(delay, MIGRATE_RETRY_MAX_USEC);
+        when = now_usec(CLOCK_MONOTONIC) + delay;
+
+        if (m->migrate_timer) {
+                r = sd_event_source_set_time(m->migrate_timer, when);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(m->migrate_timer, SD_EVENT_ONESHOT);
+        } else
+                r = sd_event_add_time(m->event, &m->migrate_timer, CLOCK_MONOTONIC, when, 100 * USEC_PER_MSEC,
+                                      on_migrate_timer, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to arm the migration timer: %m");
+        return 0;
+}
+
+int manager_start(Manager *m, const ManagerOptions *o) {
+        static const char *const channels[] = { API_NOTIFY_CHANNEL };
+        PgPoolSettings pool_settings = {
+                .size = (unsigned) config_uint(m->config, "DATABASE_POOL_SIZE"),
+                .default_timeout_usec = m->db_timeout,
+        };
+        HttpServerSettings http_settings;
+        const char *listen = o ? o->listen : NULL;
+        bool activated;
+        sigset_t mask;
+        int r;
+
+        r = sd_event_default(&m->event);
+        if (r < 0)
+                return log_error_errno(r, "Failed to allocate the event loop: %m");
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return log_error_errno(errno, "Failed to block signals: %m");
+        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
+        if (r >= 0)
+                r = sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to add signal handlers: %m");
+        r = sd_event_set_watchdog(m->event, true);
+        if (r < 0)
+                return log_error_errno(r, "Failed to enable the watchdog: %m");
+
+        r = waiters_new(&m->waiters);
+        if (r < 0)
+                return log_oom();
+
+        r = pg_pool_new(&m->pool, m->event, m->conninfo, &pool_settings);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the database pool: %m");
+        r = task_store_new(&m->store, m->pool, m->db_timeout);
+        if (r < 0)
+                return log_oom();
+        r = pg_listener_new(&m->listener, m->event, m->conninfo, channels, ELEMENTSOF(channels), on_notify,
+                            on_listener_reconnect, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up listening for task changes: %m");
+
+        r = auth_new(&m->auth, m->event, config_string(m->config, "KEYS_URL"), config_uint(m->config, "KEY_CACHE_TTL"));
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the client of dtask-keys at %s: %m",
+                                       config_string(m->config, "KEYS_URL"));
+
+        r = dispatch_new(&m->dispatch, m->event, m->config, m->store, m->metrics);
+        if (r == -EPROTONOSUPPORT)
+                return log_error_errno(r, "AMQP_URL: amqps:// is not supported; use amqp:// (e.g. over a private "
+                                       "network or a local TLS tunnel).");
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up publishing to RabbitMQ (check AMQP_URL): %m");
+
+        r = routes_new(m, &m->routes, &m->n_routes);
+        if (r < 0)
+                return log_oom();
+        http_settings = (HttpServerSettings) {
+                .routes = m->routes,
+                .n_routes = m->n_routes,
+                .max_body_size = TASK_SMALL_BODY_LIMIT,
+                .connection_limit = (unsigned) config_uint(m->config, "HTTP_MAX_CONNECTIONS"),
+                .connection_timeout = (unsigned) (config_uint(m->config, "HTTP_TIMEOUT") / USEC_PER_SEC),
+                .tls_certificate = m->tls_certificate,
+                .tls_key = m->tls_key,
+                .completed = on_request_completed,
+                .userdata = m,
+        };
+        r = http_server_new(&m->http, m->event, &http_settings);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the HTTP server%s: %m",
+                                       m->tls_certificate ? " (check TLS_CERTIFICATE and TLS_KEY)" : "");
+        activated = sd_listen_fds(false) > 0; /* asked before http_server_listen() consumes $LISTEN_FDS */
+        r = http_server_listen(m->http, listen, API_DEFAULT_LISTEN);
+        if (r < 0)
+                return log_error_errno(r, "Failed to listen on %s: %m",
+                                       activated ? "the sockets from systemd" : listen ?: API_DEFAULT_LISTEN);
+        log_info("Listening on %s%s.", activated ? "sockets from systemd" : listen ?: API_DEFAULT_LISTEN,
+                 m->tls_certificate ? " (HTTPS)" : "");
+
+        r = api_bus_new(&m->bus, m);
+        if (r < 0)
+                return r;
+
+        r = migrate(m);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return migrate_schedule(m);
+        return 0;
+}
+
+int manager_run(Manager *m) {
+        int r;
+
+        r = sd_event_loop(m->event);
+        (void) sd_notify(false, "STOPPING=1");
+        if (r < 0)
+                return log_error_errno(r, "Event loop failed: %m");
+        return r;
+}

@@ -1,0 +1,667 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdio.h>
+
+#include "log.h"
+#include "task-store.h"
+
+struct TaskStore {
+        PgPool *pool;
+        uint64_t timeout_usec;
+};
+
+/* Times as integer microseconds since the epoch (exact: extract() is numeric). */
+#define USEC(col) "(extract(epoch from " col ") * 1000000)::bigint"
+#define TASK_COLUMNS                                                                                     \
+        "id::text, name, code, language, input_data, owner_id::text, status, result, error_message, "   \
+        "exit_code, verdict, output_truncated, " USEC("ttl") ", " USEC("created_at") ", "               \
+        USEC("started_at") ", " USEC("completed_at") ", " USEC("expires_at") ", retry_count, attempt, " \
+        "worker, " USEC("lease_expires_at") ", published"
+
+enum {
+        COL_ID,
+        COL_NAME,
+        COL_CODE,
+        COL_LANGUAGE,
+        COL_INPUT_DATA,
+        COL_OWNER_ID,
+        COL_STATUS,
+        COL_RESULT,
+        COL_ERROR_MESSAGE,
+        COL_EXIT_CODE,
+        COL_VERDICT,
+        COL_OUTPUT_TRUNCATED,
+        COL_TTL,
+        COL_CREATED_AT,
+        COL_STARTED_AT,
+        COL_COMPLETED_AT,
+        COL_EXPIRES_AT,
+        COL_RETRY_COUNT,
+        COL_ATTEMPT,
+        COL_WORKER,
+        COL_LEASE_EXPIRES_AT,
+        COL_PUBLISHED,
+        _COL_MAX, /* the "applied" flag, or the request hash, follows the task columns */
+};
+
+/* "microseconds" as an interval parameter. */
+#define INTERVAL_USEC(p) "(" p "::bigint * interval '1 microsecond')"
+#define OWNER_FILTER "($2::uuid IS NULL OR owner_id = $2::uuid)"
+
+/* The row after a change, or the current row when nothing changed (then "applied" is false). */
+#define APPLIED_OR_CURRENT(where)                                                    \
+        "SELECT " TASK_COLUMNS ", true FROM upd "                                    \
+        "UNION ALL SELECT " TASK_COLUMNS ", false FROM tasks WHERE " where            \
+        " AND NOT EXISTS (SELECT 1 FROM upd)"
+
+typedef enum StoreOpKind {
+        OP_TASK,       /* one row → TaskStoreCallback */
+        OP_LIST,
+        OP_STATS,
+        OP_COMMAND,    /* no rows expected */
+        OP_IDEM_LOOKUP,
+        OP_IDEM_INSERT,
+} StoreOpKind;
+
+typedef struct StoreOp {
+        TaskStore *store;
+        StoreOpKind kind;
+        TaskStoreCallback cb;
+        TaskStoreListCallback list_cb;
+        TaskStoreStatsCallback stats_cb;
+        void *userdata;
+
+        /* insert with Idempotency-Key: the parameters are kept for the second round */
+        char *params[11];
+        char hash_hex[65];
+        unsigned lookups;
+} StoreOp;
+
+static StoreOp *store_op_free(StoreOp *op) {
+        if (!op)
+                return NULL;
+        for (size_t i = 0; i < ELEMENTSOF(op->params); i++)
+                free(op->params[i]);
+        return mfree(op);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(StoreOp *, store_op_free);
+
+int task_store_new(TaskStore **ret, PgPool *pool, uint64_t timeout_usec) {
+        TaskStore *s;
+
+        s = calloc(1, sizeof(TaskStore));
+        if (!s)
+                return -ENOMEM;
+        s->pool = pool;
+        s->timeout_usec = timeout_usec;
+        *ret = s;
+        return 0;
+}
+
+TaskStore *task_store_free(TaskStore *s) {
+        return mfree(s);
+}
+
+static bool streq_ptr(const char *a, const char *b) {
+        return a && b && streq(a, b);
+}
+
+static int strdup_or_null(const char *s, char **ret) {
+        if (!s) {
+                *ret = NULL;
+                return 0;
+        }
+        *ret = strdup(s);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static usec_t get_usec(const PGresult *r, int row, int col) {
+        if (PQgetisnull(r, row, col))
+                return 0;
+        return (usec_t) strtoull(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static int get_string(const PGresult *r, int row, int col, char **ret) {
+        return strdup_or_null(PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col), ret);
+}
+
+static bool get_bool(const PGresult *r, int row, int col) {
+        return !PQgetisnull(r, row, col) && PQgetvalue(r, row, col)[0] == 't';
+}
+
+static int task_from_row(const PGresult *r, int row, Task **ret) {
+        _cleanup_(task_freep) Task *t = NULL;
+        int k;
+
+        if (PQnfields(r) < _COL_MAX)
+                return -EBADMSG;
+
+        t = calloc(1, sizeof(Task));
+        if (!t)
+                return -ENOMEM;
+
+        if (uuid_normalize(PQgetvalue(r, row, COL_ID), t->id) < 0 ||
+            uuid_normalize(PQgetvalue(r, row, COL_OWNER_ID), t->owner_id) < 0)
+                return -EBADMSG;
+        if ((k = get_string(r, row, COL_NAME, &t->name)) < 0 || (k = get_string(r, row, COL_CODE, &t->code)) < 0 ||
+            (k = get_string(r, row, COL_INPUT_DATA, &t->input_data)) < 0 ||
+            (k = get_string(r, row, COL_RESULT, &t->result)) < 0 ||
+            (k = get_string(r, row, COL_ERROR_MESSAGE, &t->error_message)) < 0 ||
+            (k = get_string(r, row, COL_VERDICT, &t->verdict)) < 0 ||
+            (k = get_string(r, row, COL_WORKER, &t->worker)) < 0)
+                return k;
+
+        t->language = (TaskLanguage) atoi(PQgetvalue(r, row, COL_LANGUAGE));
+        t->status = (TaskStatus) atoi(PQgetvalue(r, row, COL_STATUS));
+        if (t->language < 0 || t->language >= _TASK_LANGUAGE_MAX || t->status < 0 || t->status >= _TASK_STATUS_MAX)
+                return -EBADMSG;
+        t->has_exit_code = !PQgetisnull(r, row, COL_EXIT_CODE);
+        if (t->has_exit_code)
+                t->exit_code = atoi(PQgetvalue(r, row, COL_EXIT_CODE));
+        t->output_truncated = get_bool(r, row, COL_OUTPUT_TRUNCATED);
+        t->ttl = get_usec(r, row, COL_TTL);
+        t->created_at = get_usec(r, row, COL_CREATED_AT);
+        t->started_at = get_usec(r, row, COL_STARTED_AT);
+        t->completed_at = get_usec(r, row, COL_COMPLETED_AT);
+        t->expires_at = get_usec(r, row, COL_EXPIRES_AT);
+        t->retry_count = (unsigned) strtoul(PQgetvalue(r, row, COL_RETRY_COUNT), NULL, 10);
+        t->attempt = (unsigned) strtoul(PQgetvalue(r, row, COL_ATTEMPT), NULL, 10);
+        t->lease_expires_at = get_usec(r, row, COL_LEASE_EXPIRES_AT);
+        t->published = get_bool(r, row, COL_PUBLISHED);
+
+        *ret = TAKE_PTR(t);
+        return 0;
+}
+
+static void deliver_task(StoreOp *op, int error, const PGresult *result) {
+        _cleanup_(task_freep) Task *t = NULL;
+        bool applied = true;
+
+        if (error >= 0) {
+                if (!result || PQntuples(result) == 0)
+                        error = -ENOENT;
+                else {
+                        error = task_from_row(result, 0, &t);
+                        if (error >= 0 && PQnfields(result) > _COL_MAX)
+                                applied = get_bool(result, 0, _COL_MAX);
+                }
+        }
+        if (op->cb)
+                op->cb(error, error < 0 ? NULL : &t, error < 0 ? false : applied, op->userdata);
+}
+
+static void deliver_list(StoreOp *op, int error, const PGresult *result) {
+        Task **tasks = NULL;
+        size_t n = 0;
+
+        if (error >= 0) {
+                size_t rows = (size_t) PQntuples(result);
+
+                tasks = calloc(rows + 1, sizeof(Task *));
+                if (!tasks)
+                        error = -ENOMEM;
+                for (; error >= 0 && n < rows; n++)
+                        error = task_from_row(result, (int) n, &tasks[n]);
+        }
+        op->list_cb(error, error < 0 ? NULL : tasks, error < 0 ? 0 : n, op->userdata);
+        for (size_t i = 0; tasks && tasks[i]; i++)
+                task_free(tasks[i]);
+        free(tasks);
+}
+
+static void deliver_stats(StoreOp *op, int error, const PGresult *result) {
+        TaskStats stats = {};
+
+        if (error >= 0)
+                for (int i = 0; i < PQntuples(result); i++) {
+                        int s = atoi(PQgetvalue(result, i, 0));
+
+                        if (s < 0 || s >= _TASK_STATUS_MAX)
+                                continue;
+                        stats.counts[s] = strtoull(PQgetvalue(result, i, 1), NULL, 10);
+                        if (s == TASK_PENDING) {
+                                int64_t age = strtoll(PQgetvalue(result, i, 2), NULL, 10);
+
+                                stats.oldest_pending_age = age > 0 ? (usec_t) age : 0;
+                                stats.unpublished = strtoull(PQgetvalue(result, i, 3), NULL, 10);
+                        }
+                }
+        op->stats_cb(error, error < 0 ? NULL : &stats, op->userdata);
+}
+
+static int idempotency_lookup(StoreOp *op);
+static int idempotency_insert(StoreOp *op);
+
+static void on_result(PgPool *pool, const PGresult *result, int error, void *userdata) {
+        _cleanup_(store_op_freep) StoreOp *op = userdata;
+        int r;
+
+        switch (op->kind) {
+        case OP_TASK:
+                deliver_task(op, error, result);
+                break;
+        case OP_LIST:
+                deliver_list(op, error, result);
+                break;
+        case OP_STATS:
+                deliver_stats(op, error, result);
+                break;
+        case OP_COMMAND:
+                if (op->cb)
+                        op->cb(error, NULL, error >= 0, op->userdata);
+                break;
+
+        case OP_IDEM_LOOKUP:
+                if (error >= 0 && result && PQntuples(result) > 0) {
+                        /* Seen before: the original task, if the request was the same. */
+                        if (!PQgetisnull(result, 0, _COL_MAX) && streq(PQgetvalue(result, 0, _COL_MAX), op->hash_hex)) {
+                                _cleanup_(task_freep) Task *t = NULL;
+
+                                r = task_from_row(result, 0, &t);
+                                op->cb(r, r < 0 ? NULL : &t, false, op->userdata);
+                        } else
+                                op->cb(-EILSEQ, NULL, false, op->userdata);
+                        break;
+                }
+                if (error < 0) {
+                        op->cb(error, NULL, false, op->userdata);
+                        break;
+                }
+                r = idempotency_insert(op);
+                if (r < 0) {
+                        op->cb(r, NULL, false, op->userdata);
+                        break;
+                }
+                TAKE_PTR(op);
+                break;
+
+        case OP_IDEM_INSERT:
+                if (error == -EBADMSG && result && op->lookups < 2 &&
+                    streq_ptr(pg_result_sqlstate(result), PG_UNIQUE_VIOLATION)) {
+                        /* Another request with the same key won the race: answer with its task. */
+                        r = idempotency_lookup(op);
+                        if (r < 0) {
+                                op->cb(r, NULL, false, op->userdata);
+                                break;
+                        }
+                        TAKE_PTR(op);
+                        break;
+                }
+                deliver_task(op, error, result);
+                break;
+        }
+}
+
+static int query(TaskStore *s, StoreOp *op, const char *sql, int n, const char *const *values) {
+        return pg_pool_query(s->pool, sql, n, values, s->timeout_usec, on_result, op, NULL);
+}
+
+static StoreOp *op_new(TaskStore *s, StoreOpKind kind, TaskStoreCallback cb, void *userdata) {
+        StoreOp *op = calloc(1, sizeof(StoreOp));
+
+        if (!op)
+                return NULL;
+        op->store = s;
+        op->kind = kind;
+        op->cb = cb;
+        op->userdata = userdata;
+        return op;
+}
+
+/* Runs a one-row statement. */
+static int run_task_query(TaskStore *s, const char *sql, int n, const char *const *values, TaskStoreCallback cb,
+                          void *userdata) {
+        _cleanup_(store_op_freep) StoreOp *op = op_new(s, OP_TASK, cb, userdata);
+        int r;
+
+        if (!op)
+                return -ENOMEM;
+        r = query(s, op, sql, n, values);
+        if (r < 0)
+                return r;
+        TAKE_PTR(op);
+        return 0;
+}
+
+#define FMT_USEC(buf, v) (snprintf((buf), sizeof(buf), "%" PRIu64, (uint64_t) (v)), (buf))
+#define FMT_UINT(buf, v) (snprintf((buf), sizeof(buf), "%u", (unsigned) (v)), (buf))
+
+/* insert: $1 id, $2 name, $3 code, $4 language, $5 input_data, $6 owner, $7 ttl µs, $8 max_attempts,
+ * $9 idempotency key, $10 request hash (hex), $11 retention µs */
+#define INSERT_TASK                                                                                          \
+        "INSERT INTO tasks (id, name, code, language, input_data, owner_id, ttl, expires_at, max_attempts) " \
+        "VALUES ($1::uuid, $2, $3, $4::smallint, $5, $6::uuid, " INTERVAL_USEC("$7") ", "                   \
+        "now() + " INTERVAL_USEC("$7") ", $8::integer)"
+
+static const char sql_insert[] = INSERT_TASK " RETURNING " TASK_COLUMNS;
+
+static const char sql_idem_delete_stale[] =
+        "DELETE FROM idempotency_keys WHERE owner_id = $1::uuid AND key = $2 "
+        "AND created_at < now() - " INTERVAL_USEC("$3");
+
+static const char sql_idem_insert[] =
+        "WITH ins AS (" INSERT_TASK " RETURNING *), "
+        "k AS (INSERT INTO idempotency_keys (owner_id, key, request_hash, task_id) "
+        "      SELECT owner_id, $9, decode($10, 'hex'), id FROM ins) "
+        "SELECT " TASK_COLUMNS " FROM ins";
+
+static const char sql_idem_lookup[] =
+        "SELECT " TASK_COLUMNS ", encode(request_hash, 'hex') FROM ("
+        "  SELECT t.*, k.request_hash FROM idempotency_keys k JOIN tasks t ON t.id = k.task_id"
+        "  WHERE k.owner_id = $1::uuid AND k.key = $2 AND k.created_at >= now() - " INTERVAL_USEC("$3") ") AS s";
+
+static int idempotency_lookup(StoreOp *op) {
+        const char *values[] = { op->params[5], op->params[8], op->params[10] };
+
+        op->kind = OP_IDEM_LOOKUP;
+        op->lookups++;
+        return query(op->store, op, sql_idem_lookup, ELEMENTSOF(values), values);
+}
+
+static int idempotency_insert(StoreOp *op) {
+        /* PostgreSQL wants every parameter passed to be referenced: each statement gets its own. */
+        const char *const *values = (const char *const *) op->params;
+        const char *delete_values[] = { op->params[5], op->params[8], op->params[10] };
+        const PgStatement statements[] = {
+                { sql_idem_delete_stale, ELEMENTSOF(delete_values), delete_values },
+                { sql_idem_insert, 10, values },
+        };
+
+        op->kind = OP_IDEM_INSERT;
+        return pg_pool_transaction(op->store->pool, statements, ELEMENTSOF(statements), op->store->timeout_usec,
+                                   on_result, op, NULL);
+}
+
+int task_store_insert(TaskStore *s, const TaskInsert *in, TaskStoreCallback cb, void *userdata) {
+        _cleanup_(store_op_freep) StoreOp *op = NULL;
+        char id[UUID_STRING_MAX], ttl[32], max_attempts[16], retention[32];
+        const TaskCreate *c = in->create;
+        int r;
+
+        op = op_new(s, OP_TASK, cb, userdata);
+        if (!op)
+                return -ENOMEM;
+
+        uuid_generate_v4(id);
+        const char *values[11] = {
+                id,
+                c->name,
+                c->code,
+                c->language == TASK_LANGUAGE_PYTHON ? "1" : "0",
+                c->input_data,
+                in->owner_id,
+                FMT_USEC(ttl, c->ttl),
+                FMT_UINT(max_attempts, in->max_attempts),
+                in->idempotency_key,
+                NULL,
+                FMT_USEC(retention, in->idempotency_retention),
+        };
+
+        if (!in->idempotency_key) {
+                r = query(s, op, sql_insert, 8, values);
+                if (r < 0)
+                        return r;
+                TAKE_PTR(op);
+                return 0;
+        }
+
+        for (size_t i = 0; i < 32; i++)
+                snprintf(op->hash_hex + 2 * i, 3, "%02x", in->request_hash[i]);
+        values[9] = op->hash_hex;
+        for (size_t i = 0; i < ELEMENTSOF(values); i++) {
+                r = strdup_or_null(values[i], &op->params[i]);
+                if (r < 0)
+                        return r;
+        }
+
+        r = idempotency_lookup(op);
+        if (r < 0)
+                return r;
+        TAKE_PTR(op);
+        return 0;
+}
+
+int task_store_get(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata) {
+        static const char sql[] = "SELECT " TASK_COLUMNS " FROM tasks WHERE id = $1::uuid AND " OWNER_FILTER;
+        const char *values[] = { id, owner };
+
+        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+}
+
+char *task_store_cursor(const Task *t) {
+        char *s;
+
+        if (asprintf(&s, "%" PRIu64 "-%s", (uint64_t) t->created_at, t->id) < 0)
+                return NULL;
+        return s;
+}
+
+int task_store_cursor_parse(const char *cursor, usec_t *ret_created_at, char ret_id[static UUID_STRING_MAX]) {
+        size_t n = strspn(cursor, "0123456789");
+        char id[UUID_STRING_MAX];
+
+        if (n == 0 || n > 19 || cursor[n] != '-' || uuid_normalize(cursor + n + 1, id) < 0)
+                return -EINVAL;
+        *ret_created_at = strtoull(cursor, NULL, 10);
+        memcpy(ret_id, id, UUID_STRING_MAX);
+        return 0;
+}
+
+int task_store_list(TaskStore *s, const char *owner, TaskStatus status, const char *after, unsigned limit,
+                    TaskStoreListCallback cb, void *userdata) {
+        static const char sql[] =
+                "SELECT " TASK_COLUMNS " FROM tasks WHERE ($1::uuid IS NULL OR owner_id = $1::uuid) "
+                "AND ($2::smallint IS NULL OR status = $2::smallint) "
+                "AND ($3::timestamptz IS NULL OR (created_at, id) > ($3::timestamptz, $4::uuid)) "
+                "ORDER BY created_at, id LIMIT $5::integer";
+        _cleanup_(store_op_freep) StoreOp *op = NULL;
+        char status_buf[16], limit_buf[16], after_time[ISO8601_STRING_MAX], after_id[UUID_STRING_MAX];
+        const char *values[5] = { owner, NULL, NULL, NULL, FMT_UINT(limit_buf, limit) };
+        int r;
+
+        if (status >= 0)
+                values[1] = FMT_UINT(status_buf, status);
+        if (after) {
+                usec_t t;
+
+                r = task_store_cursor_parse(after, &t, after_id);
+                if (r < 0)
+                        return r;
+                values[2] = iso8601_format(t, after_time);
+                values[3] = after_id;
+        }
+
+        op = op_new(s, OP_LIST, NULL, userdata);
+        if (!op)
+                return -ENOMEM;
+        op->list_cb = cb;
+        r = query(s, op, sql, ELEMENTSOF(values), values);
+        if (r < 0)
+                return r;
+        TAKE_PTR(op);
+        return 0;
+}
+
+int task_store_patch(TaskStore *s, const char *id, const char *owner, const TaskPatch *p, TaskStoreCallback cb,
+                     void *userdata) {
+        static const char sql[] =
+                "WITH upd AS (UPDATE tasks SET "
+                "  name = COALESCE($3, name), code = COALESCE($4, code), "
+                "  language = COALESCE($5::smallint, language), input_data = COALESCE($6, input_data), "
+                "  expires_at = CASE WHEN $7::bigint IS NULL THEN expires_at "
+                "                    ELSE expires_at - ttl + " INTERVAL_USEC("$7") " END, "
+                "  ttl = COALESCE(" INTERVAL_USEC("$7") ", ttl), "
+                "  status = COALESCE($8::smallint, status), result = COALESCE($9, result), "
+                /* set back to Pending by hand: dispatch it again (the caller publishes, else the reaper) */
+                "  published = CASE WHEN $8::smallint = 0 AND status <> 0 THEN false ELSE published END, "
+                "  published_at = CASE WHEN $8::smallint = 0 AND status <> 0 THEN NULL ELSE published_at END, "
+                "  error_message = COALESCE($10, error_message), "
+                "  started_at = COALESCE($11::timestamptz, started_at), "
+                "  completed_at = COALESCE($12::timestamptz, completed_at), "
+                "  owner_id = COALESCE($13::uuid, owner_id), updated_at = now() "
+                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND (NOT $14::boolean OR status <> 1) RETURNING *) "
+                APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
+        char language[16], ttl[32], status[16], started[ISO8601_STRING_MAX], completed[ISO8601_STRING_MAX];
+        unsigned f = p->fields;
+        const char *values[14] = {
+                id,
+                owner,
+                f & TASK_PATCH_NAME ? p->name : NULL,
+                f & TASK_PATCH_CODE ? p->code : NULL,
+                f & TASK_PATCH_LANGUAGE ? FMT_UINT(language, p->language) : NULL,
+                f & TASK_PATCH_INPUT_DATA ? p->input_data : NULL,
+                f & TASK_PATCH_TTL ? FMT_USEC(ttl, p->ttl) : NULL,
+                f & TASK_PATCH_STATUS ? FMT_UINT(status, p->status) : NULL,
+                f & TASK_PATCH_RESULT ? p->result : NULL,
+                f & TASK_PATCH_ERROR_MESSAGE ? p->error_message : NULL,
+                f & TASK_PATCH_STARTED_AT ? iso8601_format(p->started_at, started) : NULL,
+                f & TASK_PATCH_COMPLETED_AT ? iso8601_format(p->completed_at, completed) : NULL,
+                f & TASK_PATCH_USER_ID ? p->user_id : NULL,
+                f & (TASK_PATCH_CODE | TASK_PATCH_LANGUAGE | TASK_PATCH_INPUT_DATA | TASK_PATCH_TTL) ? "true" : "false",
+        };
+
+        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+}
+
+int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata) {
+        static const char sql[] =
+                "WITH upd AS (UPDATE tasks SET status = 0, result = NULL, error_message = NULL, "
+                "  started_at = NULL, completed_at = NULL, exit_code = NULL, verdict = NULL, "
+                "  output_truncated = false, retry_count = retry_count + 1, attempt = 0, "
+                "  expires_at = now() + ttl, lease_expires_at = NULL, worker = NULL, "
+                "  published = false, published_at = NULL, updated_at = now() "
+                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND status >= 2 RETURNING *) "
+                APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
+        const char *values[] = { id, owner };
+
+        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+}
+
+int task_store_cancel(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata) {
+        static const char sql[] =
+                "WITH upd AS (UPDATE tasks SET status = 5, verdict = 'cancelled', completed_at = now(), "
+                "  error_message = COALESCE(error_message, 'Task cancelled'), lease_expires_at = NULL, "
+                "  updated_at = now() "
+                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND status IN (0, 1) RETURNING *), "
+                "att AS (UPDATE task_attempts a SET ended_at = upd.completed_at, status = 5, verdict = 'cancelled' "
+                "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
+                "  AND a.attempt = upd.attempt AND a.ended_at IS NULL) "
+                APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
+        const char *values[] = { id, owner };
+
+        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+}
+
+int task_store_claim(TaskStore *s, const char *id, const char *worker, usec_t lease, TaskStoreCallback cb,
+                     void *userdata) {
+        static const char sql[] =
+                "WITH upd AS (UPDATE tasks SET status = 1, attempt = attempt + 1, started_at = now(), "
+                "  lease_expires_at = now() + " INTERVAL_USEC("$2") ", worker = $3, updated_at = now() "
+                "  WHERE id = $1::uuid AND status = 0 AND expires_at > now() RETURNING *), "
+                "expired AS (UPDATE tasks SET status = 4, error_message = 'Task expired due to TTL', "
+                "  completed_at = now(), updated_at = now() "
+                "  WHERE id = $1::uuid AND status = 0 AND expires_at <= now() RETURNING *), "
+                "att AS (INSERT INTO task_attempts (task_id, retry_count, attempt, worker, started_at) "
+                "  SELECT id, retry_count, attempt, worker, started_at FROM upd ON CONFLICT DO NOTHING) "
+                "SELECT " TASK_COLUMNS ", true FROM upd "
+                "UNION ALL SELECT " TASK_COLUMNS ", false FROM expired "
+                "UNION ALL SELECT " TASK_COLUMNS ", false FROM tasks WHERE id = $1::uuid "
+                "  AND NOT EXISTS (SELECT 1 FROM upd) AND NOT EXISTS (SELECT 1 FROM expired)";
+        char lease_buf[32];
+        const char *values[] = { id, FMT_USEC(lease_buf, lease), worker };
+
+        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+}
+
+int task_store_heartbeat(TaskStore *s, const char *id, unsigned attempt, usec_t lease, TaskStoreCallback cb,
+                         void *userdata) {
+        static const char sql[] =
+                "WITH upd AS (UPDATE tasks SET lease_expires_at = now() + " INTERVAL_USEC("$3") ", "
+                "  updated_at = now() WHERE id = $1::uuid AND status = 1 AND attempt = $2::integer RETURNING *) "
+                APPLIED_OR_CURRENT("id = $1::uuid");
+        char attempt_buf[16], lease_buf[32];
+        const char *values[] = { id, FMT_UINT(attempt_buf, attempt), FMT_USEC(lease_buf, lease) };
+
+        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+}
+
+int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, TaskStoreCallback cb,
+                        void *userdata) {
+        static const char sql[] =
+                "WITH upd AS (UPDATE tasks SET status = $3::smallint, result = $4, "
+                "  error_message = CASE WHEN $3::smallint = 4 THEN COALESCE($5, 'Task expired due to TTL') "
+                "                       ELSE $5 END, "
+                "  exit_code = $6::integer, "
+                "  verdict = COALESCE($7, CASE WHEN $3::smallint = 2 THEN 'ok' END), "
+                "  output_truncated = $8::boolean, completed_at = now(), lease_expires_at = NULL, "
+                "  updated_at = now() "
+                "  WHERE id = $1::uuid AND status = 1 AND attempt = $2::integer RETURNING *), "
+                "att AS (UPDATE task_attempts a SET ended_at = upd.completed_at, status = upd.status, "
+                "  verdict = upd.verdict, exit_code = upd.exit_code "
+                "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
+                "  AND a.attempt = upd.attempt) "
+                APPLIED_OR_CURRENT("id = $1::uuid");
+        char attempt_buf[16], status_buf[16], exit_buf[16];
+        const char *values[] = {
+                id,
+                FMT_UINT(attempt_buf, c->attempt),
+                FMT_UINT(status_buf, c->status),
+                c->result,
+                c->error_message,
+                c->has_exit_code ? (snprintf(exit_buf, sizeof(exit_buf), "%d", c->exit_code), exit_buf) : NULL,
+                c->verdict,
+                c->output_truncated ? "true" : "false",
+        };
+
+        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+}
+
+int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStoreCallback cb, void *userdata) {
+        static const char sql[] =
+                "WITH upd AS (UPDATE tasks SET status = 0, started_at = NULL, lease_expires_at = NULL, "
+                "  worker = NULL, published = false, published_at = NULL, updated_at = now() "
+                "  WHERE id = $1::uuid AND status = 1 AND attempt = $2::integer RETURNING *), "
+                "att AS (UPDATE task_attempts a SET ended_at = now(), verdict = 'released' "
+                "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
+                "  AND a.attempt = upd.attempt AND a.ended_at IS NULL) "
+                APPLIED_OR_CURRENT("id = $1::uuid");
+        char attempt_buf[16];
+        const char *values[] = { id, FMT_UINT(attempt_buf, attempt) };
+
+        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+}
+
+int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count, TaskStoreCallback cb,
+                              void *userdata) {
+        static const char sql[] =
+                "UPDATE tasks SET published = true, published_at = now() "
+                "WHERE id = $1::uuid AND retry_count = $2::integer AND NOT published";
+        _cleanup_(store_op_freep) StoreOp *op = op_new(s, OP_COMMAND, cb, userdata);
+        char retry_buf[16];
+        const char *values[] = { id, FMT_UINT(retry_buf, retry_count) };
+        int r;
+
+        if (!op)
+                return -ENOMEM;
+        r = query(s, op, sql, ELEMENTSOF(values), values);
+        if (r < 0)
+                return r;
+        TAKE_PTR(op);
+        return 0;
+}
+
+int task_store_stats(TaskStore *s, TaskStoreStatsCallback cb, void *userdata) {
+        static const char sql[] =
+                "SELECT status, count(*), " USEC("now() - min(created_at)") ", "
+                "count(*) FILTER (WHERE NOT published) FROM tasks GROUP BY status";
+        _cleanup_(store_op_freep) StoreOp *op = op_new(s, OP_STATS, NULL, userdata);
+        int r;
+
+        if (!op)
+                return -ENOMEM;
+        op->stats_cb = cb;
+        r = query(s, op, sql, 0, NULL);
+        if (r < 0)
+                return r;
+        TAKE_PTR(op);
+        return 0;
+}

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include "pg.h"
+#include "task-json.h"
+
+/* The SQL of dtask-api: every statement on the tasks, task_attempts and idempotency_keys
+ * tables, run asynchronously on the PgPool. Each state change is one statement (data-
+ * modifying CTEs), so it is atomic without explicit transactions, and guarded by the
+ * status it starts from (and for workers the attempt), so concurrent API instances,
+ * workers and the reaper cannot overwrite each other.
+ *
+ * owner: the tenant filter, a key id; NULL for callers with tasks:admin (all tasks).
+ *
+ * Results of the single-task operations (TaskStoreCallback):
+ *   error 0, applied true:   the operation happened; task is the row afterwards
+ *   error 0, applied false:  the task exists (visible to owner) but is not in a state
+ *                            that allows the operation; task is its current row
+ *   -ENOENT:                 no such task (or owned by somebody else)
+ *   other negative errno:    database failure (see pg.h)
+ * task is borrowed: it is freed after the callback returns (steal it with TAKE_PTR to keep it). */
+
+typedef struct TaskStore TaskStore;
+
+typedef void (*TaskStoreCallback)(int error, Task **task, bool applied, void *userdata);
+typedef void (*TaskStoreListCallback)(int error, Task **tasks, size_t n_tasks, void *userdata);
+typedef struct TaskStats {
+        uint64_t counts[_TASK_STATUS_MAX]; /* tasks per status */
+        uint64_t unpublished;              /* Pending tasks whose message the broker has not confirmed */
+        usec_t oldest_pending_age;         /* queue lag: age of the oldest Pending task, 0 when none */
+} TaskStats;
+typedef void (*TaskStoreStatsCallback)(int error, const TaskStats *stats, void *userdata);
+
+int task_store_new(TaskStore **ret, PgPool *pool, uint64_t timeout_usec);
+TaskStore *task_store_free(TaskStore *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(TaskStore *, task_store_free);
+
+/* Creates a task with a new random id. With idempotency_key (and its request hash):
+ * an existing task created by the same owner with the same key within retention is
+ * returned instead (applied false); when its request hash differs, error is -EILSEQ. */
+typedef struct TaskInsert {
+        const TaskCreate *create;
+        const char *owner_id;
+        unsigned max_attempts;
+        const char *idempotency_key;     /* NULL: none */
+        const uint8_t *request_hash;     /* 32 bytes, with idempotency_key */
+        usec_t idempotency_retention;
+} TaskInsert;
+int task_store_insert(TaskStore *s, const TaskInsert *insert, TaskStoreCallback cb, void *userdata);
+
+int task_store_get(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata);
+
+/* Oldest first. after: a cursor from task_store_cursor() or NULL; status < 0: any. */
+int task_store_list(TaskStore *s, const char *owner, TaskStatus status, const char *after, unsigned limit,
+                    TaskStoreListCallback cb, void *userdata);
+/* The position after t, for ?after=: "<created_at µs>-<id>". */
+char *task_store_cursor(const Task *t);
+/* Validates a cursor (-EINVAL when malformed). */
+int task_store_cursor_parse(const char *cursor, usec_t *ret_created_at, char ret_id[static UUID_STRING_MAX]);
+
+/* Overwrites the fields given. Changing code/language/inputData/ttl is refused (applied
+ * false) while the task is InProgress; name and execution fields may change any time.
+ * A new ttl moves expiresAt by the difference. A status set back to Pending from another one
+ * marks the task unpublished (to be dispatched again). */
+int task_store_patch(TaskStore *s, const char *id, const char *owner, const TaskPatch *patch, TaskStoreCallback cb,
+                     void *userdata);
+
+/* From Completed/Failed/Expired/Cancelled back to Pending: execution fields cleared,
+ * retry_count+1, attempt 0, expires_at = now + ttl, published false. */
+int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata);
+
+/* Pending/InProgress → Cancelled (verdict cancelled, completed now); the open attempt is closed. */
+int task_store_cancel(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata);
+
+/* Worker protocol; not tenant-scoped (workers run everybody's tasks).
+ * claim: Pending and not expired → InProgress, attempt+1, lease = now + lease; records an
+ * attempt row. A Pending task found past its expiresAt is marked Expired on the way
+ * (applied false). */
+int task_store_claim(TaskStore *s, const char *id, const char *worker, usec_t lease, TaskStoreCallback cb,
+                     void *userdata);
+/* Extends the lease of InProgress attempt `attempt`. */
+int task_store_heartbeat(TaskStore *s, const char *id, unsigned attempt, usec_t lease, TaskStoreCallback cb,
+                         void *userdata);
+/* Final result of InProgress attempt c->attempt (fenced); closes the attempt row. */
+int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, TaskStoreCallback cb, void *userdata);
+
+/* A worker gives InProgress attempt `attempt` back without a result (it is stopping): Pending
+ * again, lease and worker cleared, published false (the caller publishes it, else the reaper
+ * does); the attempt row is closed with verdict 'released'. The attempt stays counted. */
+int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStoreCallback cb, void *userdata);
+
+/* Records that the broker confirmed the message of run retry_count. cb may be NULL. */
+int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count, TaskStoreCallback cb,
+                              void *userdata);
+
+/* Number of tasks per status, and the dispatch backlog. */
+int task_store_stats(TaskStore *s, TaskStoreStatsCallback cb, void *userdata);

@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "macro.h"
+
+/* sd-bus helpers shared by the daemons that offer a D-Bus API (dtask-keys, dtask-api). */
+
+/* sd-bus.h itself provides sd_bus_flush_close_unrefp(), sd_bus_message_unrefp(),
+ * sd_bus_creds_unrefp() and sd_bus_slot_unrefp() for _cleanup_(). */
+#define _cleanup_bus_error_ _cleanup_(sd_bus_error_free)
+
+#define BUS_UID_INVALID ((uid_t) -1)
+#ifndef UID_FMT
+#define UID_FMT "%" PRIu32
+#endif
+
+/* The group whose members may call mutating methods besides root. */
+#define BUS_ADMIN_GROUP "dtask-admin"
+
+/* Opens a connection to the system bus ($DBUS_SYSTEM_BUS_ADDRESS is honoured) and
+ * attaches it to event at the given priority. The bus does not exit the loop when
+ * it is disconnected; the owner watches the Disconnected signal (bus_match_disconnected). */
+int bus_open_system_attached(sd_event *event, int64_t priority, const char *description, sd_bus **ret);
+
+/* Requests a well-known name synchronously (at start-up). -EEXIST when someone else
+ * owns it, -EACCES when the bus policy does not allow it. */
+int bus_request_name(sd_bus *bus, const char *name);
+
+/* Calls callback when the connection is lost (the local Disconnected signal). */
+int bus_match_disconnected(sd_bus *bus, sd_bus_message_handler_t callback, void *userdata, sd_bus_slot **ret_slot);
+
+/* Decides whether the sender of a method call may call mutating methods: root
+ * (effective uid 0) or a member of group admin_group (primary or supplementary;
+ * NULL for BUS_ADMIN_GROUP). The user comes from the bus (sd_bus_query_sender_creds,
+ * EUID); the groups from the bus daemon's GetConnectionCredentials ("UnixGroupIDs",
+ * recorded when the caller connected), or, on buses that do not report them, from
+ * sd_bus_query_sender_creds with GID|SUPPLEMENTARY_GIDS|AUGMENT (/proc of the caller).
+ * Synchronous: one round trip to the bus daemon for callers other than root.
+ * Returns 1 when allowed, 0 when not (then error is set to
+ * org.freedesktop.DBus.Error.AccessDenied), negative errno when the credentials
+ * could not be read (error set as well). ret_uid (optional) gets the caller's uid
+ * (BUS_UID_INVALID when unknown), for logging. */
+int bus_verify_admin(sd_bus_message *m, const char *admin_group, uid_t *ret_uid, sd_bus_error *error);
+
+/* The caller's uid, for logging; BUS_UID_INVALID when unknown. */
+uid_t bus_sender_uid(sd_bus_message *m);

@@ -1,12 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
-#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
 #include "auth.h"
 #include "bus.h"
+#include "daemon-util.h"
 #include "dispatch.h"
 #include "log.h"
 #include "manager.h"
@@ -15,9 +14,6 @@
 #include "task-store.h"
 #include "waiters.h"
 
-#define MIGRATE_RETRY_MIN_USEC (1 * USEC_PER_SEC)
-#define MIGRATE_RETRY_MAX_USEC (30 * USEC_PER_SEC)
-#define PEM_MAX (1024 * 1024)
 
 Manager *manager_free(Manager *m) {
         if (!m)
@@ -30,7 +26,7 @@ Manager *manager_free(Manager *m) {
         m->http = http_server_free(m->http);
         m->auth = auth_free(m->auth);
         m->listener = pg_listener_free(m->listener);
-        m->migrate_timer = sd_event_source_disable_unref(m->migrate_timer);
+        m->migrator = migrator_free(m->migrator);
         m->dispatch = dispatch_free(m->dispatch);
         m->pool = pg_pool_free(m->pool);
         m->store = task_store_free(m->store);
@@ -46,63 +42,6 @@ Manager *manager_free(Manager *m) {
         config_free(m->config);
         sd_event_unref(m->event);
         return mfree(m);
-}
-
-static int read_pem(const char *key, const char *value, char **ret) {
-        _cleanup_close_ int fd = -EBADF;
-        _cleanup_free_ char *buf = NULL;
-        struct stat st;
-        size_t n = 0;
-
-        /* A credential holds the PEM text itself; the configuration file names a path. */
-        if (strstr(value, "-----BEGIN ")) {
-                buf = strdup(value);
-                if (!buf)
-                        return log_oom();
-                *ret = TAKE_PTR(buf);
-                return 0;
-        }
-        fd = open(value, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0)
-                return log_error_errno(errno, "%s: cannot open %s: %m", key, value);
-        if (fstat(fd, &st) < 0)
-                return log_error_errno(errno, "%s: cannot stat %s: %m", key, value);
-        if (!S_ISREG(st.st_mode) || st.st_size > PEM_MAX)
-                return log_error_errno(EINVAL, "%s: %s is not a regular file of at most 1 MiB.", key, value);
-        buf = malloc((size_t) st.st_size + 1);
-        if (!buf)
-                return log_oom();
-        while (n < (size_t) st.st_size) {
-                ssize_t k = read(fd, buf + n, (size_t) st.st_size - n);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return log_error_errno(errno, "%s: cannot read %s: %m", key, value);
-                if (k == 0)
-                        break;
-                n += (size_t) k;
-        }
-        buf[n] = '\0';
-        if (!strstr(buf, "-----BEGIN ")) {
-                sodium_memzero(buf, n);
-                return log_error_errno(EINVAL, "%s: %s does not contain PEM data.", key, value);
-        }
-        *ret = TAKE_PTR(buf);
-        return 0;
-}
-
-static const char *find_sql_dir(const ManagerOptions *o) {
-        const char *e;
-
-        if (o && o->sql_dir)
-                return o->sql_dir;
-        e = getenv("DTASK_SQL_DIR");
-        if (!isempty(e))
-                return e;
-        /* Run from the build tree (not installed): the migrations of the source tree. */
-        if (access(SQLDIR, F_OK) < 0 && access(SOURCE_SQLDIR, F_OK) >= 0)
-                return SOURCE_SQLDIR;
-        return SQLDIR;
 }
 
 static int config_error(const char *message) {
@@ -148,10 +87,10 @@ static int manager_configure(Manager *m, const ManagerOptions *o) {
         if (config_is_set(c, "TLS_CERTIFICATE") != config_is_set(c, "TLS_KEY"))
                 return config_error("TLS_CERTIFICATE and TLS_KEY must be set together.");
         if (config_is_set(c, "TLS_CERTIFICATE")) {
-                r = read_pem("TLS_CERTIFICATE", config_string(c, "TLS_CERTIFICATE"), &m->tls_certificate);
+                r = daemon_read_pem("TLS_CERTIFICATE", config_string(c, "TLS_CERTIFICATE"), &m->tls_certificate);
                 if (r < 0)
                         return r;
-                r = read_pem("TLS_KEY", config_string(c, "TLS_KEY"), &m->tls_key);
+                r = daemon_read_pem("TLS_KEY", config_string(c, "TLS_KEY"), &m->tls_key);
                 if (r < 0)
                         return r;
         }
@@ -166,7 +105,7 @@ static int manager_configure(Manager *m, const ManagerOptions *o) {
                 return -EINVAL;
         }
 
-        m->sql_dir = strdup(find_sql_dir(o));
+        m->sql_dir = strdup(daemon_sql_dir(o ? o->sql_dir : NULL));
         if (!m->sql_dir)
                 return log_oom();
         return 0;
@@ -252,70 +191,17 @@ static void notify_ready(Manager *m) {
                           m->bus ? "" : " (D-Bus unavailable)");
 }
 
-static int migrate_schedule(Manager *m);
+static void on_migrated(Migrator *migrator, int error, void *userdata) {
+        Manager *m = userdata;
 
-/* Applies the migrations (blocking; only at start-up). Returns 1 when done, 0 to retry, < 0 fatal. */
-static int migrate(Manager *m) {
-        _cleanup_free_ char *error = NULL;
-        unsigned applied = 0;
-        int r;
-
-        m->migrate_attempts++;
-        r = pg_migrate(m->conninfo, m->sql_dir, &applied, &error);
-        if (r == -ENOENT && access(m->sql_dir, F_OK) < 0)
-                return log_error_errno(r, "Migration directory %s does not exist (use --sql-dir= or $DTASK_SQL_DIR).",
-                                       m->sql_dir);
-        if (r < 0) {
-                if (m->migrate_attempts == 1)
-                        log_warning_errno(r, "Database not ready, retrying in the background: %s",
-                                          error ?: strerror(-r));
-                else
-                        log_debug_errno(r, "Database still not ready (attempt %u): %s", m->migrate_attempts,
-                                        error ?: strerror(-r));
-                (void) sd_notifyf(false, "STATUS=Waiting for the database (attempt %u).", m->migrate_attempts);
-                return 0;
+        if (error < 0) {
+                (void) sd_event_exit(m->event, error);
+                return;
         }
-        if (applied > 0)
-                log_info("Applied %u database migration%s from %s.", applied, applied == 1 ? "" : "s", m->sql_dir);
-        if (m->migrate_attempts > 1)
-                log_notice("Database reachable after %u attempts.", m->migrate_attempts);
         m->migrated = true;
+        m->migrator = migrator_free(m->migrator);
         api_bus_refresh_counts(m->bus);
         notify_ready(m);
-        return 1;
-}
-
-static int on_migrate_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-        int r;
-
-        r = migrate(m);
-        if (r < 0)
-                return sd_event_exit(m->event, r);
-        if (r == 0)
-                (void) migrate_schedule(m);
-        return 0;
-}
-
-static int migrate_schedule(Manager *m) {
-        usec_t delay = MIGRATE_RETRY_MIN_USEC, when;
-        int r;
-
-        for (unsigned i = 1; i < m->migrate_attempts && delay < MIGRATE_RETRY_MAX_USEC; i++)
-                delay *= 2;
-        delay = MIN(delay, MIGRATE_RETRY_MAX_USEC);
-        when = now_usec(CLOCK_MONOTONIC) + delay;
-
-        if (m->migrate_timer) {
-                r = sd_event_source_set_time(m->migrate_timer, when);
-                if (r >= 0)
-                        r = sd_event_source_set_enabled(m->migrate_timer, SD_EVENT_ONESHOT);
-        } else
-                r = sd_event_add_time(m->event, &m->migrate_timer, CLOCK_MONOTONIC, when, 100 * USEC_PER_MSEC,
-                                      on_migrate_timer, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to arm the migration timer: %m");
-        return 0;
 }
 
 int manager_start(Manager *m, const ManagerOptions *o) {
@@ -327,26 +213,11 @@ int manager_start(Manager *m, const ManagerOptions *o) {
         HttpServerSettings http_settings;
         const char *listen = o ? o->listen : NULL;
         bool activated;
-        sigset_t mask;
         int r;
 
-        r = sd_event_default(&m->event);
+        r = daemon_event_new(&m->event, on_signal, m);
         if (r < 0)
-                return log_error_errno(r, "Failed to allocate the event loop: %m");
-
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-                return log_error_errno(errno, "Failed to block signals: %m");
-        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
-        if (r >= 0)
-                r = sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to add signal handlers: %m");
-        r = sd_event_set_watchdog(m->event, true);
-        if (r < 0)
-                return log_error_errno(r, "Failed to enable the watchdog: %m");
+                return r;
 
         r = waiters_new(&m->waiters);
         if (r < 0)
@@ -405,12 +276,7 @@ int manager_start(Manager *m, const ManagerOptions *o) {
         if (r < 0)
                 return r;
 
-        r = migrate(m);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return migrate_schedule(m);
-        return 0;
+        return migrator_new(&m->migrator, m->event, m->conninfo, m->sql_dir, on_migrated, m);
 }
 
 int manager_run(Manager *m) {

@@ -6,6 +6,7 @@
 
 #include "amqp.h"
 #include "config.h"
+#include "daemon-util.h"
 #include "http-server.h"
 #include "macro.h"
 #include "pg.h"
@@ -56,8 +57,7 @@ typedef struct Manager {
         TaskStore *store;
         bool migrated;
         usec_t db_warned_at; /* CLOCK_MONOTONIC of the last "database unavailable" warning */
-        unsigned migrate_attempts;
-        sd_event_source *migrate_timer;
+        Migrator *migrator;
 
         Auth *auth;
         Dispatch *dispatch;

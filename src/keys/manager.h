@@ -6,6 +6,7 @@
 
 #include "address-list.h"
 #include "config.h"
+#include "daemon-util.h"
 #include "http-server.h"
 #include "jwt-util.h"
 #include "key-util.h"
@@ -42,8 +43,7 @@ typedef struct Manager {
         KeyStore *store;
         LastUsed *last_used;
         bool migrated;
-        unsigned migrate_attempts;
-        sd_event_source *migrate_timer;
+        Migrator *migrator;
 
         RateLimit *login_limit;
         RateLimit *validate_limit;

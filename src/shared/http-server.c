@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
@@ -196,7 +197,9 @@ static bool route_match_segments(const char *pattern, char **segments, size_t n_
                         found.name_lengths[found.n] = len - 2;
                         found.values[found.n] = segments[i];
                         found.n++;
-                } else if (strlen(segments[i]) != len || !strneq(segments[i], p, len))
+                } else if (strlen(segments[i]) != len || strncasecmp(segments[i], p, len) != 0)
+                        /* Literal segments ignore case, like ASP.NET routing: older clients
+                         * call /api/Tasks and /api/ApiKeys. */
                         return false;
 
                 i++;

@@ -80,7 +80,7 @@ int http_parse_listen_address(const char *s, struct sockaddr_storage *ret, sockl
  * 404 (no pattern matches the path) or 405 (the path matches, the method does not; then
  * *ret_allowed is the mask of allowed methods). Captured "{name}" segments are stored in
  * params (pointers into a copy of path owned by the caller through params->buffer; params
- * is initialized here, release it with http_params_done()). Segments match exactly; one
+ * is initialized here, release it with http_params_done()). Literal segments match ignoring case (compat with ASP.NET routing); one
  * trailing slash is ignored ("/api/tasks/" matches "/api/tasks"); the first matching
  * route wins, so list literal segments before "{name}" ones; HEAD is served by GET routes. */
 #define HTTP_MAX_PARAMS 4

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <systemd/sd-event.h>
+
+#include "macro.h"
+
+/* What every dtask daemon does the same way at start-up. */
+
+/* The daemon's event loop: sd_event_default() with SIGTERM and SIGINT blocked and
+ * delivered to on_signal (NULL: they exit the loop), and the watchdog enabled when the
+ * service manager asked for one ($WATCHDOG_USEC). Logs what failed. */
+int daemon_event_new(sd_event **ret, sd_event_signal_handler_t on_signal, void *userdata);
+
+/* Where the schema migrations are: override (--sql-dir=), else $DTASK_SQL_DIR, else the
+ * installed SQLDIR, or the source tree's sql/ when running uninstalled from the build tree. */
+const char *daemon_sql_dir(const char *override);
+
+/* A PEM configuration value (TLS_CERTIFICATE, TLS_KEY): a credential holds the PEM text
+ * itself, the configuration file names a path. *ret gets the text (at most 1 MiB). Logs
+ * errors naming the key. */
+int daemon_read_pem(const char *key, const char *value, char **ret);
+
+/* Applies the schema migrations at start-up, retrying with backoff (1 s … 30 s) while the
+ * database is unreachable, so that a daemon can serve /healthz and wait. done() runs once
+ * the migrations are applied (error 0), or with error < 0 when retrying cannot help
+ * (e.g. the migration directory does not exist; already logged). The first attempt runs
+ * within migrator_new(); done() may run from within it. pg_migrate() blocks while it
+ * runs: only at start-up, before the daemon serves anything else. */
+typedef struct Migrator Migrator;
+typedef void (*MigratorDone)(Migrator *m, int error, void *userdata);
+int migrator_new(Migrator **ret, sd_event *e, const char *conninfo, const char *sql_dir, MigratorDone done,
+                 void *userdata);
+/* Tries again after the backoff: for owners that check more after the migrations (a pool probe). */
+int migrator_retry(Migrator *m);
+Migrator *migrator_free(Migrator *m);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Migrator *, migrator_free);

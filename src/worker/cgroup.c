@@ -1,0 +1,1133 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <linux/magic.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <time.h>
+
+#include "cgroup.h"
+#include "log.h"
+
+#define CGROUP_FS "/sys/fs/cgroup"
+#define CPU_PERIOD_USEC 100000
+
+typedef enum CGroupController {
+        CGROUP_CONTROLLER_MEMORY,
+        CGROUP_CONTROLLER_PIDS,
+        CGROUP_CONTROLLER_CPU,
+        CGROUP_CONTROLLER_CPUACCT, /* v1 only, optional */
+        _CGROUP_CONTROLLER_MAX,
+} CGroupController;
+
+#define MASK(c) (1u << (c))
+#define REQUIRED_MASK (MASK(CGROUP_CONTROLLER_MEMORY) | MASK(CGROUP_CONTROLLER_PIDS) | MASK(CGROUP_CONTROLLER_CPU))
+
+static const char *const controller_names[_CGROUP_CONTROLLER_MAX] = {
+        [CGROUP_CONTROLLER_MEMORY] = "memory",
+        [CGROUP_CONTROLLER_PIDS] = "pids",
+        [CGROUP_CONTROLLER_CPU] = "cpu",
+        [CGROUP_CONTROLLER_CPUACCT] = "cpuacct",
+};
+
+static const char *const mode_names[_CGROUP_MODE_MAX] = {
+        [CGROUP_MODE_UNIFIED] = "v2",
+        [CGROUP_MODE_LEGACY] = "v1",
+};
+
+const char *cgroup_mode_to_string(CGroupMode m) {
+        return m >= 0 && m < _CGROUP_MODE_MAX ? mode_names[m] : NULL;
+}
+
+typedef struct Hierarchy {
+        char *dir;      /* file system directory of the runs' parent */
+        char *cg_path;  /* the same as a cgroup path, as /proc/PID/cgroup shows it */
+        char *ctl_name; /* v1: a controller name identifying the line in /proc/PID/cgroup; v2: NULL */
+        unsigned mask;  /* controllers of this hierarchy */
+} Hierarchy;
+
+struct CGroupRoot {
+        CGroupMode mode;
+        CGroupRootFlags flags;
+        Hierarchy h[_CGROUP_CONTROLLER_MAX];
+        size_t n;
+};
+
+struct CGroup {
+        CGroupRoot *root;
+        char *name;
+        char *dirs[_CGROUP_CONTROLLER_MAX];
+        int procs_fds[_CGROUP_CONTROLLER_MAX];
+        size_t n;
+        bool removed;
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* small helpers */
+
+/* Formats a message for the operator into *ret_error (when not NULL); %m is error. Returns error. */
+static int error_set(char **ret_error, int error, const char *format, ...) _printf_(3, 4);
+static int error_set(char **ret_error, int error, const char *format, ...) {
+        va_list ap;
+
+        if (!ret_error)
+                return error;
+        errno = abs(error);
+        va_start(ap, format);
+        if (vasprintf(ret_error, format, ap) < 0)
+                *ret_error = NULL;
+        va_end(ap);
+        return error;
+}
+
+static int read_small_file(const char *path, char *buf, size_t size) {
+        _cleanup_close_ int fd = -EBADF;
+        size_t n = 0;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+
+        while (n < size - 1) {
+                ssize_t k = read(fd, buf + n, size - 1 - n);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        break;
+                n += (size_t) k;
+        }
+        buf[n] = '\0';
+        return (int) MIN(n, (size_t) INT_MAX);
+}
+
+/* Reads a whole (possibly large, e.g. cgroup.procs) file into a malloc'ed NUL-terminated buffer. */
+static int read_full_file(const char *path, char **ret) {
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ char *buf = NULL;
+        size_t n = 0, allocated = 0;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+
+        for (;;) {
+                if (allocated - n < 4096) {
+                        size_t m = allocated ? allocated * 2 : 8192;
+                        char *p;
+                        if (m > 64 * 1024 * 1024)
+                                return -EFBIG;
+                        p = realloc(buf, m);
+                        if (!p)
+                                return -ENOMEM;
+                        buf = p;
+                        allocated = m;
+                }
+                ssize_t k = read(fd, buf + n, allocated - n - 1);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        break;
+                n += (size_t) k;
+        }
+        buf[n] = '\0';
+        *ret = TAKE_PTR(buf);
+        return 0;
+}
+
+static int write_string_file(const char *path, const char *s) {
+        _cleanup_close_ int fd = -EBADF;
+        size_t l = strlen(s);
+        ssize_t k;
+
+        fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+        k = write(fd, s, l);
+        if (k < 0)
+                return -errno;
+        if ((size_t) k != l)
+                return -EIO;
+        return 0;
+}
+
+static int write_attr(const char *dir, const char *attr, const char *value) {
+        _cleanup_free_ char *p = NULL;
+
+        if (asprintf(&p, "%s/%s", dir, attr) < 0)
+                return -ENOMEM;
+        return write_string_file(p, value);
+}
+
+static int write_attr_u64(const char *dir, const char *attr, uint64_t v) {
+        char buf[32];
+
+        snprintf(buf, sizeof buf, "%" PRIu64, v);
+        return write_attr(dir, attr, buf);
+}
+
+static int read_attr(const char *dir, const char *attr, char *buf, size_t size) {
+        _cleanup_free_ char *p = NULL;
+
+        if (asprintf(&p, "%s/%s", dir, attr) < 0)
+                return -ENOMEM;
+        return read_small_file(p, buf, size);
+}
+
+/* Is word one of the items of list, separated by any of seps? */
+static bool list_contains(const char *list, const char *seps, const char *word) {
+        size_t l = strlen(word);
+
+        for (const char *p = list; *p;) {
+                size_t k = strcspn(p, seps);
+                if (k == l && strneq(p, word, l))
+                        return true;
+                p += k;
+                p += strspn(p, seps);
+        }
+        return false;
+}
+
+/* Finds "key N" in a flat keyed file ("oom_kill 3\n…"). */
+static int keyed_u64(const char *text, const char *key, uint64_t *ret) {
+        size_t l = strlen(key);
+
+        for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+                if (strneq(p, key, l) && p[l] == ' ') {
+                        char *end;
+                        errno = 0;
+                        unsigned long long v = strtoull(p + l + 1, &end, 10);
+                        if (errno != 0 || end == p + l + 1)
+                                return -EINVAL;
+                        *ret = v;
+                        return 0;
+                }
+        }
+        return -ENOENT;
+}
+
+static int mkdir_p(const char *path, mode_t mode) {
+        _cleanup_free_ char *p = strdup(path);
+
+        if (!p)
+                return -ENOMEM;
+        for (char *s = p + 1; *s; s++) {
+                if (*s != '/')
+                        continue;
+                *s = '\0';
+                if (mkdir(p, mode) < 0 && errno != EEXIST)
+                        return -errno;
+                *s = '/';
+        }
+        if (mkdir(p, mode) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+static bool path_is_safe(const char *p) {
+        /* A cgroup path from the configuration: absolute, no "..", no empty components. */
+        if (!p || p[0] != '/' || strstr(p, "/../") || strstr(p, "//"))
+                return false;
+        size_t l = strlen(p);
+        if (l >= 3 && streq(p + l - 3, "/.."))
+                return false;
+        return !strstr(p, "/./") && !(l >= 2 && streq(p + l - 2, "/."));
+}
+
+/* "/a/b/" → "/a/b", "/" → "" so that mount + path concatenates cleanly. */
+static char *path_join(const char *a, const char *b, const char *c) {
+        char *r;
+        size_t lb;
+
+        b = b ?: "";
+        lb = strlen(b);
+        while (lb > 0 && b[lb - 1] == '/')
+                lb--;
+        if (asprintf(&r, "%s%.*s%s", a, (int) lb, b, c ?: "") < 0)
+                return NULL;
+        return r;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* /proc/self/cgroup and /proc/self/mountinfo */
+
+/* Returns the path of the calling process in the v1 hierarchy holding controller (or in the
+ * v2 hierarchy when controller is NULL). */
+static int own_cgroup_path(const char *controller, char **ret) {
+        _cleanup_free_ char *text = NULL;
+        int r;
+
+        r = read_full_file("/proc/self/cgroup", &text);
+        if (r < 0)
+                return r;
+
+        for (char *line = text, *next; line && *line; line = next) {
+                next = strchr(line, '\n');
+                if (next)
+                        *next++ = '\0';
+
+                char *c1 = strchr(line, ':');
+                if (!c1)
+                        continue;
+                char *c2 = strchr(c1 + 1, ':');
+                if (!c2)
+                        continue;
+                *c2 = '\0';
+                const char *list = c1 + 1, *path = c2 + 1;
+                bool match = controller ? list_contains(list, ",", controller)
+                                        : strneq(line, "0:", 2) && list[0] == '\0';
+                if (!match)
+                        continue;
+                if (path[0] != '/')
+                        return -EINVAL;
+
+                char *s = strdup(path);
+                if (!s)
+                        return -ENOMEM;
+                *ret = s;
+                return 0;
+        }
+        return -ENOENT;
+}
+
+typedef struct V1Mount {
+        char *mount_point;
+        char *mount_root;
+        unsigned mask;
+} V1Mount;
+
+static void v1_mounts_free(V1Mount *m, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                free(m[i].mount_point);
+                free(m[i].mount_root);
+        }
+}
+
+/* Finds the cgroup v1 mounts that carry our controllers; each controller in at most one. */
+static int find_v1_mounts(V1Mount *mounts, size_t *n_mounts) {
+        _cleanup_free_ char *text = NULL;
+        unsigned seen = 0;
+        int r;
+
+        r = read_full_file("/proc/self/mountinfo", &text);
+        if (r < 0)
+                return r;
+
+        *n_mounts = 0;
+        for (char *line = text, *next; line && *line; line = next) {
+                next = strchr(line, '\n');
+                if (next)
+                        *next++ = '\0';
+
+                char *sep = strstr(line, " - ");
+                if (!sep)
+                        continue;
+                *sep = '\0';
+                char *tail = sep + 3;
+
+                /* tail: FSTYPE SOURCE SUPEROPTS */
+                char *fstype = tail, *source, *superopts;
+                source = strchr(fstype, ' ');
+                if (!source)
+                        continue;
+                *source++ = '\0';
+                if (!streq(fstype, "cgroup"))
+                        continue;
+                superopts = strchr(source, ' ');
+                if (!superopts)
+                        continue;
+                superopts++;
+
+                unsigned mask = 0;
+                for (CGroupController c = 0; c < _CGROUP_CONTROLLER_MAX; c++)
+                        if (list_contains(superopts, ",", controller_names[c]))
+                                mask |= MASK(c);
+                mask &= ~seen;
+                if (mask == 0)
+                        continue;
+
+                /* head: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS… */
+                char *fields[5] = {};
+                char *save = NULL, *tok = strtok_r(line, " ", &save);
+                for (size_t i = 0; tok && i < 5; i++, tok = strtok_r(NULL, " ", &save))
+                        fields[i] = tok;
+                if (!fields[4] || strchr(fields[3], '\\') || strchr(fields[4], '\\'))
+                        continue; /* escaped names: not something we create cgroups under */
+
+                V1Mount *m = &mounts[(*n_mounts)++];
+                m->mount_root = strdup(fields[3]);
+                m->mount_point = strdup(fields[4]);
+                m->mask = mask;
+                if (!m->mount_root || !m->mount_point)
+                        return -ENOMEM;
+                seen |= mask;
+                if (*n_mounts >= _CGROUP_CONTROLLER_MAX)
+                        break;
+        }
+        return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* root setup */
+
+CGroupRoot *cgroup_root_free(CGroupRoot *r) {
+        if (!r)
+                return NULL;
+        for (size_t i = 0; i < r->n; i++) {
+                free(r->h[i].dir);
+                free(r->h[i].cg_path);
+                free(r->h[i].ctl_name);
+        }
+        return mfree(r);
+}
+
+CGroupMode cgroup_root_mode(const CGroupRoot *r) {
+        return r->mode;
+}
+
+const char *cgroup_root_path(const CGroupRoot *r) {
+        for (size_t i = 0; i < r->n; i++)
+                if (r->h[i].mask & MASK(CGROUP_CONTROLLER_MEMORY))
+                        return r->h[i].dir;
+        return r->n > 0 ? r->h[0].dir : NULL;
+}
+
+/* v2: makes memory, pids and cpu available to the children of dir. */
+static int v2_enable_controllers(const char *dir, CGroupRootFlags flags, char **ret_error) {
+        char avail[1024], enabled[1024];
+        int r;
+
+        r = read_attr(dir, "cgroup.controllers", avail, sizeof avail);
+        if (r < 0)
+                return error_set(ret_error, r, "Cannot read %s/cgroup.controllers: %s", dir, strerror(-r));
+        r = read_attr(dir, "cgroup.subtree_control", enabled, sizeof enabled);
+        if (r < 0)
+                return error_set(ret_error, r, "Cannot read %s/cgroup.subtree_control: %s", dir, strerror(-r));
+
+        for (CGroupController c = 0; c < _CGROUP_CONTROLLER_MAX; c++) {
+                if (!(REQUIRED_MASK & MASK(c)))
+                        continue;
+
+                const char *name = controller_names[c];
+                bool have = list_contains(avail, " \n", name), on = list_contains(enabled, " \n", name);
+                if (on)
+                        continue;
+                if (!have && (flags & CGROUP_ROOT_LIMITS_OPTIONAL))
+                        continue;
+                if (!have)
+                        return error_set(ret_error, -EOPNOTSUPP, "cgroup controller '%s' is not available in %s (under systemd: Delegate=yes)",
+                                        name, dir);
+
+                char buf[32];
+                snprintf(buf, sizeof buf, "+%s", name);
+                r = write_attr(dir, "cgroup.subtree_control", buf);
+                if (r < 0)
+                        return error_set(ret_error, r, "Cannot enable cgroup controller '%s' in %s: %s%s", name, dir,
+                                        strerror(-r),
+                                        r == -EBUSY ? " (the cgroup has processes of its own)" : "");
+        }
+        return 0;
+}
+
+/* v2: moves every process of dir into dir/supervisor, so that dir may have controllers
+ * enabled for its children. */
+static int v2_move_to_supervisor(const char *dir, char **ret_error) {
+        _cleanup_free_ char *sup = NULL, *procs = NULL, *sup_procs = NULL;
+        int r;
+
+        sup = path_join(dir, NULL, "/supervisor");
+        procs = path_join(dir, NULL, "/cgroup.procs");
+        sup_procs = path_join(dir, NULL, "/supervisor/cgroup.procs");
+        if (!sup || !procs || !sup_procs)
+                return -ENOMEM;
+
+        if (mkdir(sup, 0755) < 0 && errno != EEXIST)
+                return error_set(ret_error, -errno, "Cannot create %s: %m", sup);
+
+        for (unsigned attempt = 0; attempt < 100; attempt++) {
+                _cleanup_free_ char *text = NULL;
+                bool any = false;
+
+                r = read_full_file(procs, &text);
+                if (r < 0)
+                        return error_set(ret_error, r, "Cannot read %s: %s", procs, strerror(-r));
+                for (char *p = text, *next; p && *p; p = next) {
+                        next = strchr(p, '\n');
+                        if (next)
+                                *next++ = '\0';
+                        if (*p == '\0')
+                                continue;
+                        any = true;
+                        r = write_string_file(sup_procs, p);
+                        if (r < 0 && r != -ESRCH)
+                                return error_set(ret_error, r, "Cannot move process %s into %s: %s", p, sup,
+                                                strerror(-r));
+                }
+                if (!any)
+                        return 0;
+        }
+        return error_set(ret_error, -EBUSY, "Processes keep appearing in %s", dir);
+}
+
+static int root_new_unified(const char *fs, const char *path, CGroupRoot *root, char **ret_error) {
+        _cleanup_free_ char *own = NULL, *dir = NULL, *cg_path = NULL;
+        int r;
+
+        if (path) {
+                _cleanup_free_ char *walk = strdup(fs), *components = strdup(path);
+                char *save = NULL;
+
+                cg_path = strdup(path);
+                if (!cg_path || !walk || !components)
+                        return -ENOMEM;
+                /* every ancestor must pass the controllers down */
+                for (char *c = strtok_r(components, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+                        char *w;
+
+                        r = v2_enable_controllers(walk, root->flags, ret_error);
+                        if (r < 0)
+                                return r;
+                        if (asprintf(&w, "%s/%s", walk, c) < 0)
+                                return -ENOMEM;
+                        free_and_replace(walk, w);
+                        if (mkdir(walk, 0755) < 0 && errno != EEXIST)
+                                return error_set(ret_error, -errno, "Cannot create %s: %m", walk);
+                }
+        } else {
+                r = own_cgroup_path(NULL, &own);
+                if (r < 0)
+                        return error_set(ret_error, r, "Cannot find our own cgroup v2 in /proc/self/cgroup: %s",
+                                        strerror(-r));
+                if (streq(own, "/")) {
+                        cg_path = strdup("/dtask");
+                        if (!cg_path)
+                                return -ENOMEM;
+                        r = v2_enable_controllers(fs, root->flags, ret_error);
+                        if (r < 0)
+                                return r;
+                } else {
+                        _cleanup_free_ char *own_dir = path_join(fs, own, NULL);
+                        if (!own_dir)
+                                return -ENOMEM;
+                        r = v2_move_to_supervisor(own_dir, ret_error);
+                        if (r < 0)
+                                return r;
+                        r = v2_enable_controllers(own_dir, root->flags, ret_error);
+                        if (r < 0)
+                                return r;
+                        cg_path = path_join(own, NULL, "/runs");
+                        if (!cg_path)
+                                return -ENOMEM;
+                }
+        }
+
+        dir = path_join(fs, cg_path, NULL);
+        if (!dir)
+                return -ENOMEM;
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+                return error_set(ret_error, -errno, "Cannot create %s: %m", dir);
+        r = v2_enable_controllers(dir, root->flags, ret_error);
+        if (r < 0)
+                return r;
+
+        root->mode = CGROUP_MODE_UNIFIED;
+        root->h[0] = (Hierarchy) {
+                .dir = TAKE_PTR(dir),
+                .cg_path = TAKE_PTR(cg_path),
+                .mask = REQUIRED_MASK,
+        };
+        root->n = 1;
+        return 0;
+}
+
+static int root_new_legacy(const char *path, CGroupRoot *root, char **ret_error) {
+        V1Mount mounts[_CGROUP_CONTROLLER_MAX] = {};
+        size_t n_mounts = 0;
+        unsigned have = 0;
+        int r;
+
+        r = find_v1_mounts(mounts, &n_mounts);
+        if (r < 0) {
+                v1_mounts_free(mounts, n_mounts);
+                return error_set(ret_error, r, "Cannot read /proc/self/mountinfo: %s", strerror(-r));
+        }
+        for (size_t i = 0; i < n_mounts; i++)
+                have |= mounts[i].mask;
+        for (CGroupController c = 0; c < _CGROUP_CONTROLLER_MAX; c++)
+                if ((REQUIRED_MASK & MASK(c)) && !(have & MASK(c))) {
+                        v1_mounts_free(mounts, n_mounts);
+                        return error_set(ret_error, -EOPNOTSUPP, "The cgroup v1 controller '%s' is not mounted", controller_names[c]);
+                }
+
+        root->mode = CGROUP_MODE_LEGACY;
+        for (size_t i = 0; i < n_mounts; i++) {
+                V1Mount *m = &mounts[i];
+                Hierarchy *h = &root->h[root->n];
+                _cleanup_free_ char *own = NULL, *cg_path = NULL, *rel = NULL;
+                CGroupController first = 0;
+
+                while (!(m->mask & MASK(first)))
+                        first++;
+
+                if (path)
+                        cg_path = strdup(path);
+                else {
+                        r = own_cgroup_path(controller_names[first], &own);
+                        if (r < 0) {
+                                (void) error_set(ret_error, r, "Cannot find our own '%s' cgroup in /proc/self/cgroup: %s",
+                                         controller_names[first], strerror(-r));
+                                goto fail;
+                        }
+                        cg_path = path_join(own, NULL, "/dtask");
+                }
+                if (!cg_path) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+
+                /* the mount may show a subtree only (cgroup namespaces, bind mounts) */
+                if (streq(m->mount_root, "/"))
+                        rel = strdup(cg_path);
+                else if (strneq(cg_path, m->mount_root, strlen(m->mount_root)) &&
+                         cg_path[strlen(m->mount_root)] == '/')
+                        rel = strdup(cg_path + strlen(m->mount_root));
+                else {
+                        r = error_set(ret_error, -ENOENT, "The cgroup %s is not reachable through the mount %s of '%s'",
+                                      cg_path, m->mount_point, controller_names[first]);
+                        goto fail;
+                }
+                if (!rel) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+
+                h->dir = path_join(m->mount_point, rel, NULL);
+                h->cg_path = TAKE_PTR(cg_path);
+                h->ctl_name = strdup(controller_names[first]);
+                h->mask = m->mask;
+                root->n++;
+                if (!h->dir || !h->ctl_name) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                r = mkdir_p(h->dir, 0755);
+                if (r < 0) {
+                        (void) error_set(ret_error, r, "Cannot create %s: %s", h->dir, strerror(-r));
+                        goto fail;
+                }
+        }
+        v1_mounts_free(mounts, n_mounts);
+        return 0;
+
+fail:
+        v1_mounts_free(mounts, n_mounts);
+        return r;
+}
+
+int cgroup_root_new_full(const char *fs, const char *path, CGroupRootFlags flags, CGroupRoot **ret,
+                         char **ret_error) {
+        _cleanup_(cgroup_root_freep) CGroupRoot *root = NULL;
+        _cleanup_free_ char *error = NULL;
+        struct statfs sfs;
+        int r;
+
+        if (path && !path_is_safe(path))
+                return error_set(ret_error, -EINVAL, "Invalid cgroup path '%s': must be absolute and normalized", path);
+        if (path && streq(path, "/"))
+                return error_set(ret_error, -EINVAL, "The root cgroup cannot hold the runs");
+
+        root = calloc(1, sizeof *root);
+        if (!root)
+                return -ENOMEM;
+        root->flags = flags;
+
+        fs = fs ?: CGROUP_FS;
+        if (statfs(fs, &sfs) < 0)
+                return error_set(ret_error, -errno, "Cannot access %s: %m", fs);
+
+        if ((uint64_t) sfs.f_type == (uint64_t) CGROUP2_SUPER_MAGIC)
+                r = root_new_unified(fs, path, root, &error);
+        else if (streq(fs, CGROUP_FS))
+                r = root_new_legacy(path, root, &error);
+        else
+                r = error_set(&error, -ENOTDIR, "%s is not a cgroup2 mount", fs);
+        if (r < 0) {
+                if (ret_error)
+                        *ret_error = TAKE_PTR(error);
+                return r;
+        }
+
+        *ret = TAKE_PTR(root);
+        return 0;
+}
+
+int cgroup_root_new(const char *path, CGroupRoot **ret, char **ret_error) {
+        return cgroup_root_new_full(NULL, path, 0, ret, ret_error);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* per-run groups */
+
+static bool name_is_valid(const char *name) {
+        if (isempty(name) || strlen(name) > 64 || name[0] == '.')
+                return false;
+        for (const char *p = name; *p; p++)
+                if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", *p))
+                        return false;
+        return true;
+}
+
+static int apply_limits_strict(CGroupMode mode, const char *dir, unsigned mask, const CGroupLimits *l);
+
+static int apply_limits(const CGroupRoot *root, const char *dir, unsigned mask, const CGroupLimits *l) {
+        int r = apply_limits_strict(root->mode, dir, mask, l);
+
+        /* tests of the v2 code on hybrid hosts, whose v2 hierarchy has no controllers */
+        if (r == -ENOENT && (root->flags & CGROUP_ROOT_LIMITS_OPTIONAL))
+                return 0;
+        return r;
+}
+
+static int apply_limits_strict(CGroupMode mode, const char *dir, unsigned mask, const CGroupLimits *l) {
+        char buf[64];
+        int r;
+
+        if (mode == CGROUP_MODE_UNIFIED) {
+                r = write_attr_u64(dir, "memory.max", l->memory_max);
+                if (r < 0)
+                        return r;
+                r = write_attr(dir, "memory.swap.max", "0");
+                if (r < 0 && r != -ENOENT) /* no swap accounting: no swap to turn off */
+                        return r;
+                /* one OOM kill ends the whole run, as a run is one unit of work */
+                r = write_attr(dir, "memory.oom.group", "1");
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                r = write_attr_u64(dir, "pids.max", l->pids_max);
+                if (r < 0)
+                        return r;
+                snprintf(buf, sizeof buf, "%" PRIu64 " %u", l->cpu_quota_percent * (CPU_PERIOD_USEC / 100),
+                         CPU_PERIOD_USEC);
+                return write_attr(dir, "cpu.max", buf);
+        }
+
+        if (mask & MASK(CGROUP_CONTROLLER_MEMORY)) {
+                r = write_attr_u64(dir, "memory.limit_in_bytes", l->memory_max);
+                if (r < 0)
+                        return r;
+                /* memory+swap = memory: no swap. Without swap accounting, keep it from swapping. */
+                r = write_attr_u64(dir, "memory.memsw.limit_in_bytes", l->memory_max);
+                if (r == -ENOENT)
+                        r = write_attr(dir, "memory.swappiness", "0");
+                if (r < 0)
+                        return r;
+        }
+        if (mask & MASK(CGROUP_CONTROLLER_PIDS)) {
+                r = write_attr_u64(dir, "pids.max", l->pids_max);
+                if (r < 0)
+                        return r;
+        }
+        if (mask & MASK(CGROUP_CONTROLLER_CPU)) {
+                r = write_attr_u64(dir, "cpu.cfs_period_us", CPU_PERIOD_USEC);
+                if (r < 0)
+                        return r;
+                r = write_attr_u64(dir, "cpu.cfs_quota_us", l->cpu_quota_percent * (CPU_PERIOD_USEC / 100));
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static CGroup *cgroup_alloc(CGroupRoot *root, const char *name) {
+        CGroup *cg = calloc(1, sizeof *cg);
+
+        if (!cg)
+                return NULL;
+        cg->root = root;
+        cg->n = root->n;
+        for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
+                cg->procs_fds[i] = -EBADF;
+        cg->name = strdup(name);
+        if (!cg->name)
+                return mfree(cg);
+        for (size_t i = 0; i < cg->n; i++) {
+                if (asprintf(&cg->dirs[i], "%s/%s", root->h[i].dir, name) < 0)
+                        cg->dirs[i] = NULL;
+                if (!cg->dirs[i]) {
+                        cg->removed = true;
+                        return cgroup_free(cg);
+                }
+        }
+        return cg;
+}
+
+static void cgroup_close_fds(CGroup *cg) {
+        for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
+                cg->procs_fds[i] = safe_close(cg->procs_fds[i]);
+}
+
+int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, CGroup **ret) {
+        _cleanup_(cgroup_freep) CGroup *cg = NULL;
+        int r;
+
+        if (!name_is_valid(name) || !limits || limits->memory_max == 0 || limits->pids_max == 0 ||
+            limits->cpu_quota_percent == 0)
+                return -EINVAL;
+
+        cg = cgroup_alloc(root, name);
+        if (!cg)
+                return -ENOMEM;
+
+        for (size_t i = 0; i < cg->n; i++) {
+                if (mkdir(cg->dirs[i], 0755) < 0) {
+                        r = -errno;
+                        /* do not remove what we did not create */
+                        for (size_t j = i; j < cg->n; j++) {
+                                free(cg->dirs[j]);
+                                cg->dirs[j] = NULL;
+                        }
+                        cg->n = i;
+                        return r;
+                }
+        }
+
+        for (size_t i = 0; i < cg->n; i++) {
+                _cleanup_free_ char *p = NULL;
+
+                r = apply_limits(root, cg->dirs[i], root->h[i].mask, limits);
+                if (r < 0)
+                        return log_debug_errno(r, "Failed to set limits of %s: %m", cg->dirs[i]);
+
+                p = path_join(cg->dirs[i], NULL, "/cgroup.procs");
+                if (!p)
+                        return -ENOMEM;
+                cg->procs_fds[i] = open(p, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+                if (cg->procs_fds[i] < 0)
+                        return -errno;
+        }
+
+        *ret = TAKE_PTR(cg);
+        return 0;
+}
+
+size_t cgroup_procs_fds(const CGroup *cg, const int **ret) {
+        *ret = cg->procs_fds;
+        return cg->n;
+}
+
+int cgroup_join_self(const int *fds, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (write(fds[i], "0", 1) != 1)
+                        return -errno;
+        return 0;
+}
+
+static int pidfd_open_(pid_t pid) {
+        return (int) syscall(SYS_pidfd_open, pid, 0);
+}
+
+static int pidfd_send_signal_(int fd, int sig) {
+        return (int) syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
+}
+
+/* Is pid (pinned by an open pidfd) still in the group of hierarchy i? */
+static bool pid_in_group(CGroup *cg, size_t i, pid_t pid) {
+        _cleanup_free_ char *text = NULL, *want = NULL;
+        char path[64];
+        const Hierarchy *h = &cg->root->h[i];
+
+        snprintf(path, sizeof path, "/proc/%d/cgroup", (int) pid);
+        if (read_full_file(path, &text) < 0)
+                return false;
+        if (asprintf(&want, "%s/%s", h->cg_path, cg->name) < 0)
+                return false;
+
+        for (char *line = text, *next; line && *line; line = next) {
+                next = strchr(line, '\n');
+                if (next)
+                        *next++ = '\0';
+                char *c1 = strchr(line, ':');
+                char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+                if (!c2)
+                        continue;
+                *c2 = '\0';
+                bool match = h->ctl_name ? list_contains(c1 + 1, ",", h->ctl_name)
+                                         : strneq(line, "0:", 2) && c1[1] == '\0';
+                if (match)
+                        return streq(c2 + 1, want);
+        }
+        return false;
+}
+
+static int kill_listed(CGroup *cg, size_t i) {
+        _cleanup_free_ char *text = NULL, *p = NULL;
+        int r, n = 0;
+
+        if (!cg->dirs[i])
+                return 0;
+        p = path_join(cg->dirs[i], NULL, "/cgroup.procs");
+        if (!p)
+                return -ENOMEM;
+        r = read_full_file(p, &text);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+
+        for (char *s = text, *next; s && *s; s = next) {
+                next = strchr(s, '\n');
+                if (next)
+                        *next++ = '\0';
+                char *end;
+                long pid = strtol(s, &end, 10);
+                if (end == s || *end != '\0' || pid <= 1)
+                        continue;
+
+                _cleanup_close_ int fd = pidfd_open_((pid_t) pid);
+                if (fd < 0)
+                        continue; /* gone already */
+                if (!pid_in_group(cg, i, (pid_t) pid))
+                        continue; /* exited and the pid was reused by someone else */
+                if (pidfd_send_signal_(fd, SIGKILL) >= 0)
+                        n++;
+        }
+        return n;
+}
+
+int cgroup_kill(CGroup *cg) {
+        int r, n = 0;
+
+        if (cg->root->mode == CGROUP_MODE_UNIFIED) {
+                if (!cg->dirs[0])
+                        return 0;
+                r = write_attr(cg->dirs[0], "cgroup.kill", "1");
+                if (r >= 0)
+                        return 0;
+                if (r != -ENOENT) /* kernels before 5.14 lack cgroup.kill */
+                        return r;
+        }
+
+        for (size_t i = 0; i < cg->n; i++) {
+                r = kill_listed(cg, i);
+                if (r < 0)
+                        return r;
+                n += r;
+        }
+        return n;
+}
+
+static const char *dir_with(CGroup *cg, CGroupController c);
+
+int cgroup_is_populated(CGroup *cg) {
+        const char *d;
+        char buf[256];
+        uint64_t v;
+        int r;
+
+        /* pids.current counts tasks until they are reaped: zombies, too */
+        d = dir_with(cg, CGROUP_CONTROLLER_PIDS);
+        if (d) {
+                r = read_attr(d, "pids.current", buf, sizeof buf);
+                if (r >= 0 && strtoull(buf, NULL, 10) > 0)
+                        return 1;
+                if (r < 0 && r != -ENOENT)
+                        return r;
+        }
+
+        if (cg->root->mode == CGROUP_MODE_UNIFIED) {
+                if (!cg->dirs[0])
+                        return 0;
+                r = read_attr(cg->dirs[0], "cgroup.events", buf, sizeof buf);
+                if (r == -ENOENT)
+                        return 0;
+                if (r < 0)
+                        return r;
+                r = keyed_u64(buf, "populated", &v);
+                if (r < 0)
+                        return r;
+                return v > 0;
+        }
+
+        for (size_t i = 0; i < cg->n; i++) {
+                if (!cg->dirs[i])
+                        continue;
+                r = read_attr(cg->dirs[i], "cgroup.procs", buf, sizeof buf);
+                if (r == -ENOENT)
+                        continue;
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        return 1;
+        }
+        return 0;
+}
+
+static const char *dir_with(CGroup *cg, CGroupController c) {
+        for (size_t i = 0; i < cg->n; i++)
+                if ((cg->root->h[i].mask & MASK(c)) && cg->dirs[i])
+                        return cg->dirs[i];
+        return NULL;
+}
+
+int cgroup_get_stats(CGroup *cg, CGroupStats *ret) {
+        CGroupStats s = {};
+        char buf[4096];
+        const char *d;
+        int r;
+
+        if (cg->root->mode == CGROUP_MODE_UNIFIED) {
+                bool optional = cg->root->flags & CGROUP_ROOT_LIMITS_OPTIONAL;
+
+                d = cg->dirs[0];
+                if (!d)
+                        return -ENOENT;
+                r = read_attr(d, "memory.events", buf, sizeof buf);
+                if (r >= 0)
+                        r = keyed_u64(buf, "oom_kill", &s.oom_kills);
+                if (r < 0 && !(r == -ENOENT && optional))
+                        return r;
+                r = read_attr(d, "pids.events", buf, sizeof buf);
+                if (r >= 0)
+                        r = keyed_u64(buf, "max", &s.pids_max_events);
+                if (r < 0 && !(r == -ENOENT && optional))
+                        return r;
+                if (read_attr(d, "memory.peak", buf, sizeof buf) > 0)
+                        s.memory_peak = strtoull(buf, NULL, 10);
+                if (read_attr(d, "cpu.stat", buf, sizeof buf) > 0)
+                        (void) keyed_u64(buf, "usage_usec", &s.cpu_usec);
+                *ret = s;
+                return 0;
+        }
+
+        d = dir_with(cg, CGROUP_CONTROLLER_MEMORY);
+        if (!d)
+                return -ENOENT;
+        r = read_attr(d, "memory.oom_control", buf, sizeof buf);
+        if (r < 0)
+                return r;
+        r = keyed_u64(buf, "oom_kill", &s.oom_kills); /* since Linux 4.13 */
+        if (r < 0)
+                return r;
+        if (read_attr(d, "memory.max_usage_in_bytes", buf, sizeof buf) > 0)
+                s.memory_peak = strtoull(buf, NULL, 10);
+
+        d = dir_with(cg, CGROUP_CONTROLLER_PIDS);
+        if (!d)
+                return -ENOENT;
+        r = read_attr(d, "pids.events", buf, sizeof buf);
+        if (r < 0)
+                return r;
+        r = keyed_u64(buf, "max", &s.pids_max_events);
+        if (r < 0)
+                return r;
+
+        d = dir_with(cg, CGROUP_CONTROLLER_CPUACCT);
+        if (d && read_attr(d, "cpuacct.usage", buf, sizeof buf) > 0)
+                s.cpu_usec = strtoull(buf, NULL, 10) / 1000;
+
+        *ret = s;
+        return 0;
+}
+
+int cgroup_remove(CGroup *cg) {
+        int r = 0;
+
+        cgroup_close_fds(cg);
+        for (size_t i = 0; i < cg->n; i++) {
+                if (!cg->dirs[i])
+                        continue;
+                if (rmdir(cg->dirs[i]) < 0 && errno != ENOENT) {
+                        if (r == 0)
+                                r = -errno;
+                        continue;
+                }
+                free(cg->dirs[i]);
+                cg->dirs[i] = NULL;
+        }
+        if (r == 0)
+                cg->removed = true;
+        return r;
+}
+
+const char *cgroup_path(const CGroup *cg) {
+        for (size_t i = 0; i < cg->n; i++)
+                if (cg->root->h[i].mask & MASK(CGROUP_CONTROLLER_MEMORY))
+                        return cg->dirs[i];
+        return NULL;
+}
+
+const char *cgroup_controller_path(const CGroup *cg, const char *controller) {
+        for (CGroupController c = 0; c < _CGROUP_CONTROLLER_MAX; c++)
+                if (streq(controller_names[c], controller))
+                        for (size_t i = 0; i < cg->n; i++)
+                                if (cg->root->h[i].mask & MASK(c))
+                                        return cg->dirs[i];
+        return NULL;
+}
+
+CGroup *cgroup_free(CGroup *cg) {
+        if (!cg)
+                return NULL;
+
+        cgroup_close_fds(cg);
+        if (!cg->removed) {
+                bool any = false;
+                for (size_t i = 0; i < cg->n; i++)
+                        any = any || cg->dirs[i];
+                if (any) {
+                        (void) cgroup_kill(cg);
+                        (void) cgroup_remove(cg);
+                }
+        }
+        for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
+                free(cg->dirs[i]);
+        free(cg->name);
+        return mfree(cg);
+}
+
+int cgroup_trim(CGroupRoot *root, const char *name, uint64_t timeout_usec) {
+        _cleanup_(cgroup_freep) CGroup *cg = NULL;
+        struct timespec ts;
+        uint64_t start, now;
+        bool exists = false;
+        int r;
+
+        if (!name_is_valid(name))
+                return -EINVAL;
+
+        cg = cgroup_alloc(root, name);
+        if (!cg)
+                return -ENOMEM;
+        for (size_t i = 0; i < cg->n; i++)
+                exists = exists || access(cg->dirs[i], F_OK) >= 0;
+        if (!exists) {
+                cg->removed = true;
+                return 0;
+        }
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        start = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+        for (;;) {
+                /* live tasks block rmdir, zombies (maybe not even ours to reap) do not */
+                (void) cgroup_kill(cg);
+                r = cgroup_remove(cg);
+                if (r >= 0)
+                        return 0;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                now = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+                if (now - start > timeout_usec) {
+                        cg->removed = true; /* leave it to the next attempt */
+                        return -EBUSY;
+                }
+                (void) usleep(10000);
+        }
+}

@@ -12,7 +12,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(__file__))
-from test_api_lib import check, env, finish, http, sql_value, wait_for  # noqa: E402
+from test_api_lib import check, env, finish, http, insert_task, sql, sql_value, wait_for  # noqa: E402
 
 BUS = env("DBUS_SYSTEM_BUS_ADDRESS")
 DEST, PATH, IFACE = "org.dtask.Tasks1", "/org/dtask/Tasks1", "org.dtask.Tasks1.Manager"
@@ -73,6 +73,11 @@ check(rc != 0 and ("InvalidArgs" in err or "UUID" in err), f"GetTask with a malf
 rc, data, err = call("GetTask", "s", "2d7f6c9e-0000-4000-8000-000000000000")
 check(rc != 0 and ("NotFound" in err or "No task" in err), f"GetTask of an unknown id: NotFound ({err})")
 
+# Two Pending tasks older than anything else (no worker sees them: never queued), so that
+# a page of one has a next page whatever else the database holds.
+for n in range(2):
+    old = insert_task(SYSTEM_OWNER, name=f"dbus paging {n}")
+    sql(f"UPDATE tasks SET created_at = timestamptz '2000-01-01' + interval '{n} second' WHERE id = '{old}'")
 rc, data, err = call("ListTasks", "sus", "Pending", 1, "")
 check(rc == 0 and len(json.loads(data[0])) == 1 and data[1] != "", "ListTasks with limit 1 returns one task and a cursor")
 if rc == 0:

@@ -23,7 +23,10 @@ static const char sql_expire[] =
         "  ORDER BY expires_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED),"
         " expired AS ("
         "  UPDATE tasks t SET status = 4, completed_at = now(), updated_at = now(),"
-        "    error_message = 'Task expired due to TTL', exit_code = NULL, lease_expires_at = NULL"
+        "    error_message = 'Task expired due to TTL', exit_code = NULL, lease_expires_at = NULL,"
+        /* A run that was cut short has verdict timeout, as when the worker's own timer
+         * fires first; a task that never started has none. */
+        "    verdict = CASE WHEN overdue.old_status = 1 THEN 'timeout' END"
         "  FROM overdue WHERE t.id = overdue.id"
         "  RETURNING t.id, overdue.old_status, t.attempt, t.retry_count),"
         " history AS ("

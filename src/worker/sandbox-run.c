@@ -8,7 +8,7 @@
 
 #include <json-c/json.h>
 
-#include "../shared/config.h"
+#include "config.h"
 #include "json-util.h"
 #include "log.h"
 #include "sandbox.h"

@@ -16,7 +16,7 @@
 #include <sodium.h>
 
 /* "config.h" alone would find the build's generated config.h first */
-#include "../shared/config.h"
+#include "config.h"
 #include "cgroup.h"
 #include "json-util.h"
 #include "log.h"

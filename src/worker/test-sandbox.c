@@ -21,7 +21,7 @@
 #include <json-c/json.h>
 #include <sodium.h>
 
-#include "../shared/config.h"
+#include "config.h"
 #include "log.h"
 #include "sandbox.h"
 

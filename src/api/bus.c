@@ -169,6 +169,7 @@ static void on_task(int error, Task **task, bool applied, void *userdata) {
                 log_info("Task %s created (%s) over D-Bus by uid " UID_FMT ".", t->id,
                          task_language_to_string(t->language), c->uid);
                 dispatch_task(c->manager->dispatch, t->id, t->retry_count);
+                manager_task_changed(c->manager, t->id, t->status, t->attempt);
                 break;
         case OP_GET:
                 break;

@@ -376,6 +376,8 @@ static void on_created(int error, Task **task, bool applied, void *userdata) {
         log_info("Task %s created (%s) by key %s from %s.", t->id,
                  task_language_to_string(t->language), t->owner_id, c->client);
         dispatch_task(m->dispatch, t->id, t->retry_count);
+        /* PostgreSQL announces changes, not creations (sql/0002): tell D-Bus ourselves. */
+        manager_task_changed(m, t->id, t->status, t->attempt);
         reply_task(c, 201, t);
 }
 

@@ -174,7 +174,9 @@ int main(int argc, char *argv[]) {
         }
 
         if (arg_loop > 0) {
-                r = sd_event_add_time_relative(c.event, &c.timer, CLOCK_MONOTONIC, arg_loop, 0, on_timer, &c);
+                /* 1 ms accuracy: sd-event's default of 250 ms would make expiry that much later. */
+                r = sd_event_add_time_relative(c.event, &c.timer, CLOCK_MONOTONIC, arg_loop, USEC_PER_MSEC, on_timer,
+                                               &c);
                 if (r < 0) {
                         log_error_errno(r, "Failed to add the pass timer: %m");
                         goto finish;

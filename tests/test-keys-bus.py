@@ -305,13 +305,13 @@ class BusComesAndGoes(unittest.TestCase):
 
                 bus.start()
                 wait_for_service(bus.address, timeout=15)
-                self.assertIn("Connected to the system bus", d.output())
+                self.assertIn("Offering org.dtask.Keys1 on the system bus", d.output())
 
                 bus.stop()
                 time.sleep(0.5)
                 self.assertTrue(d.alive())
                 self.assertEqual(kc.http(d.url, "GET", "/healthz").status, 200)
-                self.assertIn("Lost the connection to the system bus", d.output())
+                self.assertIn("the connection to the bus was lost", d.output())
 
                 if os.path.exists(bus.socket):
                     os.unlink(bus.socket)

@@ -18,11 +18,7 @@ typedef struct CountQuery CountQuery;
 
 struct ApiBus {
         Manager *manager;
-        sd_bus *bus;
-        sd_bus_slot *vtable_slot;
-        sd_bus_slot *disconnect_slot;
-        sd_event_source *retry_timer;
-        bool warned;
+        BusService *service;
 
         /* cached task counts for the properties */
         uint64_t counts[_TASK_STATUS_MAX];
@@ -505,8 +501,8 @@ static void on_counted(int error, const TaskStats *stats, void *userdata) {
                         changed[n] = names[n];
                         n++;
                 }
-        if (n > 0 && b->bus) {
-                int r = sd_bus_emit_properties_changed_strv(b->bus, API_BUS_PATH, API_BUS_INTERFACE, (char **) changed);
+        if (n > 0 && bus_service_get_bus(b->service)) {
+                int r = sd_bus_emit_properties_changed_strv(bus_service_get_bus(b->service), API_BUS_PATH, API_BUS_INTERFACE, (char **) changed);
                 if (r < 0)
                         log_debug_errno(r, "Failed to emit PropertiesChanged: %m");
         }
@@ -571,8 +567,8 @@ void api_bus_task_changed(ApiBus *b, const char *id, TaskStatus status) {
 
         if (!b)
                 return;
-        if (b->bus) {
-                r = sd_bus_emit_signal(b->bus, API_BUS_PATH, API_BUS_INTERFACE, "TaskChanged", "si", id, (int32_t) status);
+        if (bus_service_get_bus(b->service)) {
+                r = sd_bus_emit_signal(bus_service_get_bus(b->service), API_BUS_PATH, API_BUS_INTERFACE, "TaskChanged", "si", id, (int32_t) status);
                 if (r < 0)
                         log_debug_errno(r, "Failed to emit TaskChanged: %m");
         }
@@ -581,94 +577,13 @@ void api_bus_task_changed(ApiBus *b, const char *id, TaskStatus status) {
 
 /* ---- connection ---- */
 
-static int arm_retry(ApiBus *b);
-
-static void bus_drop(ApiBus *b) {
-        b->vtable_slot = sd_bus_slot_unref(b->vtable_slot);
-        b->disconnect_slot = sd_bus_slot_unref(b->disconnect_slot);
-        if (b->bus) {
-                (void) sd_bus_detach_event(b->bus);
-                b->bus = sd_bus_flush_close_unref(b->bus);
+static void on_bus_state(BusService *service, bool connected, int error, void *userdata) {
+        if (connected) {
+                log_info("Offering %s on the system bus.", API_BUS_NAME);
+                return;
         }
-}
-
-static int on_disconnected(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        ApiBus *b = userdata;
-
-        log_warning("Lost the connection to the system bus; %s is unavailable until it is back.", API_BUS_NAME);
-        bus_drop(b);
-        b->warned = true;
-        (void) arm_retry(b);
-        return 0;
-}
-
-static int bus_connect(ApiBus *b) {
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
-        int r;
-
-        r = bus_open_system_attached(b->manager->event, 0, "dtask-api", &bus);
-        if (r < 0)
-                return r;
-        /* userdata of methods and properties is the ApiBus; methods reach the manager through it. */
-        r = sd_bus_add_object_vtable(bus, &b->vtable_slot, API_BUS_PATH, API_BUS_INTERFACE, manager_vtable, b);
-        if (r < 0)
-                return r;
-        r = bus_match_disconnected(bus, on_disconnected, b, &b->disconnect_slot);
-        if (r < 0)
-                return r;
-        r = bus_request_name(bus, API_BUS_NAME);
-        if (r < 0)
-                return r;
-        b->bus = TAKE_PTR(bus);
-        return 0;
-}
-
-static int try_connect(ApiBus *b) {
-        int r;
-
-        r = bus_connect(b);
-        if (r >= 0) {
-                if (b->warned)
-                        log_notice("Connected to the system bus as %s.", API_BUS_NAME);
-                else
-                        log_debug("Connected to the system bus as %s.", API_BUS_NAME);
-                b->warned = false;
-                return 0;
-        }
-        bus_drop(b);
-
-        if (!b->warned) {
-                const char *why = r == -EEXIST ? "the name is owned by another process"
-                                : r == -EACCES ? "the bus policy does not allow this user to own it"
-                                               : "cannot connect to the system bus";
-                log_warning_errno(r, "D-Bus interface %s unavailable (%s: %m); serving REST only, retrying every %us.",
-                                  API_BUS_NAME, why, (unsigned) (API_BUS_RETRY_USEC / USEC_PER_SEC));
-                b->warned = true;
-        } else
-                log_debug_errno(r, "Still cannot offer %s on the system bus: %m", API_BUS_NAME);
-        return arm_retry(b);
-}
-
-static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        (void) try_connect(userdata);
-        return 0;
-}
-
-static int arm_retry(ApiBus *b) {
-        int r;
-
-        if (b->retry_timer) {
-                r = sd_event_source_set_time_relative(b->retry_timer, API_BUS_RETRY_USEC);
-                if (r < 0)
-                        return r;
-                return sd_event_source_set_enabled(b->retry_timer, SD_EVENT_ONESHOT);
-        }
-        r = sd_event_add_time_relative(b->manager->event, &b->retry_timer, CLOCK_MONOTONIC, API_BUS_RETRY_USEC,
-                                       USEC_PER_SEC, on_retry, b);
-        if (r < 0)
-                return log_error_errno(r, "Failed to add a timer: %m");
-        (void) sd_event_source_set_description(b->retry_timer, "bus-retry");
-        return 0;
+        log_warning_errno(error, "D-Bus interface %s unavailable (%s: %m); serving REST only, retrying every %us.",
+                          API_BUS_NAME, bus_service_error_reason(error), (unsigned) (API_BUS_RETRY_USEC / USEC_PER_SEC));
 }
 
 int api_bus_new(ApiBus **ret, Manager *m) {
@@ -679,9 +594,19 @@ int api_bus_new(ApiBus **ret, Manager *m) {
         if (!b)
                 return log_oom();
         b->manager = m;
-        r = try_connect(b);
+        r = bus_service_new(&b->service, m->event,
+                            &(BusServiceSettings) {
+                                    .description = "dtask-api",
+                                    .name = API_BUS_NAME,
+                                    .path = API_BUS_PATH,
+                                    .interface = API_BUS_INTERFACE,
+                                    .vtable = manager_vtable,
+                                    .vtable_userdata = b, /* methods reach the manager through it */
+                                    .retry_usec = API_BUS_RETRY_USEC,
+                                    .state = on_bus_state,
+                            });
         if (r < 0)
-                return r;
+                return log_error_errno(r, "Failed to set up the D-Bus interface: %m");
         *ret = TAKE_PTR(b);
         return 0;
 }
@@ -692,7 +617,6 @@ ApiBus *api_bus_free(ApiBus *b) {
         if (b->counting)
                 b->counting->bus = NULL; /* on_counted() frees it */
         b->count_timer = sd_event_source_disable_unref(b->count_timer);
-        b->retry_timer = sd_event_source_disable_unref(b->retry_timer);
-        bus_drop(b);
+        b->service = bus_service_free(b->service);
         return mfree(b);
 }

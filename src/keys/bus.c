@@ -484,100 +484,35 @@ static const sd_bus_vtable manager_vtable[] = {
 
 /* ---- connection ---- */
 
-static int arm_retry(Manager *m);
-
-static void bus_drop(Manager *m) {
-        m->bus_vtable_slot = sd_bus_slot_unref(m->bus_vtable_slot);
-        m->bus_disconnect_slot = sd_bus_slot_unref(m->bus_disconnect_slot);
-        if (m->bus) {
-                (void) sd_bus_detach_event(m->bus);
-                m->bus = sd_bus_flush_close_unref(m->bus);
+static void on_bus_state(BusService *service, bool connected, int error, void *userdata) {
+        if (connected) {
+                log_info("Offering %s on the system bus.", KEYS_BUS_NAME);
+                return;
         }
-}
-
-static int on_disconnected(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        Manager *m = userdata;
-
-        log_warning("Lost the connection to the system bus; %s is unavailable until it is back.", KEYS_BUS_NAME);
-        bus_drop(m);
-        m->bus_warned = true;
-        (void) arm_retry(m);
-        return 0;
-}
-
-static int bus_connect(Manager *m) {
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
-        int r;
-
-        r = bus_open_system_attached(m->event, 0, "dtask-keys", &bus);
-        if (r < 0)
-                return r;
-        r = sd_bus_add_object_vtable(bus, &m->bus_vtable_slot, KEYS_BUS_PATH, KEYS_BUS_INTERFACE, manager_vtable, m);
-        if (r < 0)
-                return r;
-        r = bus_match_disconnected(bus, on_disconnected, m, &m->bus_disconnect_slot);
-        if (r < 0)
-                return r;
-        r = bus_request_name(bus, KEYS_BUS_NAME);
-        if (r < 0)
-                return r;
-        m->bus = TAKE_PTR(bus);
-        return 0;
-}
-
-static int try_connect(Manager *m) {
-        int r;
-
-        r = bus_connect(m);
-        if (r >= 0) {
-                if (m->bus_warned)
-                        log_notice("Connected to the system bus as %s.", KEYS_BUS_NAME);
-                else
-                        log_debug("Connected to the system bus as %s.", KEYS_BUS_NAME);
-                m->bus_warned = false;
-                return 0;
-        }
-        bus_drop(m);
-
-        if (!m->bus_warned) {
-                const char *why = r == -EEXIST ? "the name is owned by another process"
-                                : r == -EACCES ? "the bus policy does not allow this user to own it"
-                                               : "cannot connect to the system bus";
-                log_warning_errno(r, "D-Bus interface %s unavailable (%s: %m); serving REST only, retrying every %us.",
-                                  KEYS_BUS_NAME, why, (unsigned) (KEYS_BUS_RETRY_USEC / USEC_PER_SEC));
-                m->bus_warned = true;
-        } else
-                log_debug_errno(r, "Still cannot offer %s on the system bus: %m", KEYS_BUS_NAME);
-        return arm_retry(m);
-}
-
-static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        (void) try_connect(userdata);
-        return 0;
-}
-
-static int arm_retry(Manager *m) {
-        usec_t when = now_usec(CLOCK_MONOTONIC) + KEYS_BUS_RETRY_USEC;
-        int r;
-
-        if (m->bus_timer) {
-                r = sd_event_source_set_time(m->bus_timer, when);
-                if (r < 0)
-                        return r;
-                return sd_event_source_set_enabled(m->bus_timer, SD_EVENT_ONESHOT);
-        }
-        r = sd_event_add_time(m->event, &m->bus_timer, CLOCK_MONOTONIC, when, USEC_PER_SEC, on_retry, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to add a timer: %m");
-        (void) sd_event_source_set_description(m->bus_timer, "bus-retry");
-        return 0;
+        log_warning_errno(error, "D-Bus interface %s unavailable (%s: %m); serving REST only, retrying every %us.",
+                          KEYS_BUS_NAME, bus_service_error_reason(error),
+                          (unsigned) (KEYS_BUS_RETRY_USEC / USEC_PER_SEC));
 }
 
 int keys_bus_start(Manager *m) {
-        return try_connect(m);
+        int r;
+
+        r = bus_service_new(&m->bus, m->event,
+                            &(BusServiceSettings) {
+                                    .description = "dtask-keys",
+                                    .name = KEYS_BUS_NAME,
+                                    .path = KEYS_BUS_PATH,
+                                    .interface = KEYS_BUS_INTERFACE,
+                                    .vtable = manager_vtable,
+                                    .vtable_userdata = m,
+                                    .retry_usec = KEYS_BUS_RETRY_USEC,
+                                    .state = on_bus_state,
+                            });
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the D-Bus interface: %m");
+        return 0;
 }
 
 void keys_bus_stop(Manager *m) {
-        m->bus_timer = sd_event_source_disable_unref(m->bus_timer);
-        bus_drop(m);
+        m->bus = bus_service_free(m->bus);
 }

@@ -248,7 +248,7 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
 
 static void notify_ready(Manager *m) {
         (void) sd_notifyf(false, "READY=1\nSTATUS=Serving API keys%s.",
-                          m->bus ? " (REST and D-Bus)" : " (REST; D-Bus unavailable)");
+                          bus_service_get_bus(m->bus) ? " (REST and D-Bus)" : " (REST; D-Bus unavailable)");
 }
 
 /* The pool answered (or not) after the migrations: only then are we ready. */

@@ -5,6 +5,7 @@
 #include <systemd/sd-event.h>
 
 #include "address-list.h"
+#include "bus-util.h"
 #include "config.h"
 #include "daemon-util.h"
 #include "http-server.h"
@@ -65,11 +66,7 @@ typedef struct Manager {
 
         ApiKeyPepper pepper;
 
-        sd_bus *bus;
-        sd_bus_slot *bus_disconnect_slot;
-        sd_bus_slot *bus_vtable_slot;
-        sd_event_source *bus_timer;
-        bool bus_warned;
+        BusService *bus;
 } Manager;
 
 /* Reads and checks the configuration; errors are logged here and name the key. */

@@ -201,3 +201,146 @@ denied:
                           group);
         return 0;
 }
+
+struct BusService {
+        sd_event *event;
+        BusServiceSettings settings;
+        sd_bus *bus;
+        sd_bus_slot *vtable_slot;
+        sd_bus_slot *disconnect_slot;
+        sd_event_source *retry_timer;
+        bool reported;     /* state() ran at least once */
+        int last_error;    /* of the last report; 0 when connected */
+};
+
+static void bus_service_drop(BusService *s) {
+        s->vtable_slot = sd_bus_slot_unref(s->vtable_slot);
+        s->disconnect_slot = sd_bus_slot_unref(s->disconnect_slot);
+        if (s->bus) {
+                (void) sd_bus_detach_event(s->bus);
+                s->bus = sd_bus_flush_close_unref(s->bus);
+        }
+}
+
+static void bus_service_report(BusService *s, int error) {
+        if (s->reported && s->last_error == error)
+                return;
+        s->reported = true;
+        s->last_error = error;
+        if (s->settings.state)
+                s->settings.state(s, error == 0, error, s->settings.userdata);
+}
+
+static int bus_service_try(BusService *s);
+
+static int on_retry(sd_event_source *source, uint64_t usec, void *userdata) {
+        (void) bus_service_try(userdata);
+        return 0;
+}
+
+static int bus_service_arm_retry(BusService *s) {
+        int r;
+
+        if (s->retry_timer) {
+                r = sd_event_source_set_time_relative(s->retry_timer, s->settings.retry_usec);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(s->retry_timer, SD_EVENT_ONESHOT);
+                return r;
+        }
+        r = sd_event_add_time_relative(s->event, &s->retry_timer, CLOCK_MONOTONIC, s->settings.retry_usec,
+                                       USEC_PER_SEC, on_retry, s);
+        if (r >= 0)
+                (void) sd_event_source_set_description(s->retry_timer, "bus-retry");
+        return r;
+}
+
+static int on_disconnected(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+
+        bus_service_drop(s);
+        bus_service_report(s, -ECONNRESET);
+        (void) bus_service_arm_retry(s);
+        return 0;
+}
+
+static int bus_service_connect(BusService *s) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        int r;
+
+        r = bus_open_system_attached(s->event, 0, s->settings.description, &bus);
+        if (r < 0)
+                return r;
+        r = sd_bus_add_object_vtable(bus, &s->vtable_slot, s->settings.path, s->settings.interface,
+                                     s->settings.vtable, s->settings.vtable_userdata);
+        if (r < 0)
+                return r;
+        r = bus_match_disconnected(bus, on_disconnected, s, &s->disconnect_slot);
+        if (r < 0)
+                return r;
+        r = bus_request_name(bus, s->settings.name);
+        if (r < 0)
+                return r;
+        s->bus = TAKE_PTR(bus);
+        return 0;
+}
+
+static int bus_service_try(BusService *s) {
+        int r;
+
+        r = bus_service_connect(s);
+        if (r >= 0) {
+                bus_service_report(s, 0);
+                return 0;
+        }
+        bus_service_drop(s);
+        bus_service_report(s, r);
+        return bus_service_arm_retry(s);
+}
+
+int bus_service_new(BusService **ret, sd_event *event, const BusServiceSettings *settings) {
+        _cleanup_(bus_service_freep) BusService *s = NULL;
+        int r;
+
+        assert_return(ret && event && settings && settings->name && settings->path && settings->interface &&
+                      settings->vtable, -EINVAL);
+
+        s = calloc(1, sizeof(BusService));
+        if (!s)
+                return -ENOMEM;
+        s->event = sd_event_ref(event);
+        s->settings = *settings;
+        if (s->settings.retry_usec == 0)
+                s->settings.retry_usec = 5 * USEC_PER_SEC;
+
+        r = bus_service_try(s);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+BusService *bus_service_free(BusService *s) {
+        if (!s)
+                return NULL;
+        s->retry_timer = sd_event_source_disable_unref(s->retry_timer);
+        bus_service_drop(s);
+        sd_event_unref(s->event);
+        return mfree(s);
+}
+
+sd_bus *bus_service_get_bus(BusService *s) {
+        return s ? s->bus : NULL;
+}
+
+const char *bus_service_error_reason(int error) {
+        switch (error) {
+        case -EEXIST:
+                return "the name is owned by another process";
+        case -EACCES:
+                return "the bus policy does not allow this user to own it";
+        case -ECONNRESET:
+                return "the connection to the bus was lost";
+        default:
+                return "cannot connect to the system bus";
+        }
+}

@@ -47,3 +47,34 @@ int bus_verify_admin(sd_bus_message *m, const char *admin_group, uid_t *ret_uid,
 
 /* The caller's uid, for logging; BUS_UID_INVALID when unknown. */
 uid_t bus_sender_uid(sd_bus_message *m);
+
+/* An object offered under a well-known name on the system bus, kept offered: when the
+ * bus is not there, the name is owned by another process, the policy refuses it, or the
+ * connection drops, it tries again every retry_usec. The daemon keeps serving REST
+ * meanwhile. state() (optional) runs on every change: connected, or not with the error
+ * (-EEXIST name taken, -EACCES refused by the policy, -ECONNRESET connection lost, …);
+ * while disconnected it runs again only when the error changes, so it can be logged as is. */
+typedef struct BusService BusService;
+typedef void (*BusServiceStateCallback)(BusService *s, bool connected, int error, void *userdata);
+
+typedef struct BusServiceSettings {
+        const char *description; /* of the connection, e.g. "dtask-api" */
+        const char *name;        /* well-known name */
+        const char *path;
+        const char *interface;
+        const sd_bus_vtable *vtable;
+        void *vtable_userdata;
+        uint64_t retry_usec;     /* 0: 5 s */
+        BusServiceStateCallback state;
+        void *userdata;
+} BusServiceSettings;
+
+/* The first attempt runs within this call (state() may run from it). Strings and the vtable
+ * must outlive the service. */
+int bus_service_new(BusService **ret, sd_event *event, const BusServiceSettings *settings);
+BusService *bus_service_free(BusService *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(BusService *, bus_service_free);
+/* Words for an error of state(), for a log line. */
+const char *bus_service_error_reason(int error);
+/* The connection while the name is owned, else NULL (for signals and property changes). */
+sd_bus *bus_service_get_bus(BusService *s);

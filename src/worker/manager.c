@@ -321,9 +321,15 @@ usec_t manager_claim_outcome(Manager *m, int error) {
 
 /* ---- jobs ------------------------------------------------------------------------------- */
 
+/* The job that holds the task: claiming it, waiting to requeue its message, or running it. A job
+ * that is reporting (complete or release) does not count: its attempt may already have been taken
+ * away — the lease lapsed while dtask-api was unreachable and dtask-reaper put the task back to
+ * Pending and published it again, or the worker released it. A message that arrives then is the
+ * task's only way back to a worker: it is claimed by a job of its own (a stale duplicate just
+ * gets a 409 and is dropped), never dropped as a duplicate. Events are ignored while reporting. */
 static Job *manager_find_job(Manager *m, const char *id) {
         for (Job *j = m->jobs; j; j = job_next(j))
-                if (streq(job_id(j), id))
+                if (job_state(j) != JOB_REPORTING && streq(job_id(j), id))
                         return j;
         return NULL;
 }

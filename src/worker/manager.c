@@ -4,6 +4,7 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-login.h>
 
+#include "daemon-util.h"
 #include "job.h"
 #include "log.h"
 #include "manager.h"
@@ -568,26 +569,11 @@ int manager_start(Manager *m) {
         AmqpSettings settings;
         _cleanup_free_ char *connection_name = NULL;
         usec_t heartbeat;
-        sigset_t mask;
         int r;
 
-        r = sd_event_default(&m->event);
+        r = daemon_event_new(&m->event, on_signal, m);
         if (r < 0)
-                return log_error_errno(r, "Failed to allocate the event loop: %m");
-
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-                return log_error_errno(errno, "Failed to block signals: %m");
-        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
-        if (r >= 0)
-                r = sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to add signal handlers: %m");
-        r = sd_event_set_watchdog(m->event, true);
-        if (r < 0)
-                return log_error_errno(r, "Failed to enable the watchdog: %m");
+                return r;
 
         r = sandbox_new(&m->sandbox_settings, &m->sandbox, &error);
         if (r < 0)

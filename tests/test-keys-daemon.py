@@ -390,24 +390,20 @@ class DatabaseOutage(unittest.TestCase):
         proxy = TcpProxy(*db_target())
         with kc.KeysDaemon(proxy.url(), conf={"DATABASE_TIMEOUT": "2s"}) as d:
             d.start(wait_ready=False)
-            r = d.wait_http("/healthz")
-            self.assertEqual(r.status, 200)
-            self.assertEqual(kc.http(d.url, "GET", "/readyz").status, 503)
-            time.sleep(0.5)
+            # Until the database is usable it serves nothing: under systemd the socket's
+            # backlog holds the connections (here, with --listen, they are refused).
+            time.sleep(2.5)
+            self.assertTrue(d.alive())
             d.poll_notify()
             self.assertNotIn("READY=1", d.messages)
-            # login needs no database; key operations answer 503
-            token = d.login()
-            r = kc.http(d.url, "POST", "/api/apikeys", {"name": f"{MARK}-x"}, headers=kc.bearer(token))
-            self.assertEqual(r.status, 503, r)
-            self.assertEqual(r.header("Content-Type"), "application/problem+json")
-            r = kc.http(d.url, "POST", "/api/apikeys/validate", {"apiKey": "ak_" + "q" * 29})
-            self.assertEqual(r.status, 503, r)
+            with self.assertRaises(OSError):
+                socket.create_connection(("127.0.0.1", d.port), timeout=2).close()
             # the database comes: migrations are applied and READY=1 follows
             proxy.start()
             try:
                 d.wait_notify("READY=1", timeout=40)
                 self.assertEqual(kc.http(d.url, "GET", "/readyz").status, 200)
+                token = d.login()
                 r = kc.http(d.url, "POST", "/api/apikeys", {"name": f"{MARK}-late"}, headers=kc.bearer(token))
                 self.assertEqual(r.status, 201, r)
             finally:

@@ -38,6 +38,7 @@ Manager *manager_free(Manager *m) {
         erase_and_free(m->tls_key);
         free(m->tls_certificate);
         free(m->sql_dir);
+        free(m->listen);
 
         config_free(m->config);
         sd_event_unref(m->event);
@@ -191,6 +192,22 @@ static void notify_ready(Manager *m) {
                           m->bus ? "" : " (D-Bus unavailable)");
 }
 
+/* Serving starts once the database is usable: until then systemd's sockets keep the
+ * connections in their backlog and dbus-daemon holds activating calls, so the first
+ * request after a cold start waits instead of failing. */
+static int manager_serve(Manager *m) {
+        bool activated = sd_listen_fds(false) > 0; /* asked before http_server_listen() consumes $LISTEN_FDS */
+        int r;
+
+        r = http_server_listen(m->http, m->listen, API_DEFAULT_LISTEN);
+        if (r < 0)
+                return log_error_errno(r, "Failed to listen on %s: %m",
+                                       activated ? "the sockets from systemd" : m->listen ?: API_DEFAULT_LISTEN);
+        log_info("Listening on %s%s.", activated ? "sockets from systemd" : m->listen ?: API_DEFAULT_LISTEN,
+                 m->tls_certificate ? " (HTTPS)" : "");
+        return api_bus_new(&m->bus, m);
+}
+
 static void on_migrated(Migrator *migrator, int error, void *userdata) {
         Manager *m = userdata;
 
@@ -200,6 +217,11 @@ static void on_migrated(Migrator *migrator, int error, void *userdata) {
         }
         m->migrated = true;
         m->migrator = migrator_free(m->migrator);
+        error = manager_serve(m);
+        if (error < 0) {
+                (void) sd_event_exit(m->event, error);
+                return;
+        }
         api_bus_refresh_counts(m->bus);
         notify_ready(m);
 }
@@ -212,7 +234,6 @@ int manager_start(Manager *m, const ManagerOptions *o) {
         };
         HttpServerSettings http_settings;
         const char *listen = o ? o->listen : NULL;
-        bool activated;
         int r;
 
         r = daemon_event_new(&m->event, on_signal, m);
@@ -264,17 +285,11 @@ int manager_start(Manager *m, const ManagerOptions *o) {
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the HTTP server%s: %m",
                                        m->tls_certificate ? " (check TLS_CERTIFICATE and TLS_KEY)" : "");
-        activated = sd_listen_fds(false) > 0; /* asked before http_server_listen() consumes $LISTEN_FDS */
-        r = http_server_listen(m->http, listen, API_DEFAULT_LISTEN);
-        if (r < 0)
-                return log_error_errno(r, "Failed to listen on %s: %m",
-                                       activated ? "the sockets from systemd" : listen ?: API_DEFAULT_LISTEN);
-        log_info("Listening on %s%s.", activated ? "sockets from systemd" : listen ?: API_DEFAULT_LISTEN,
-                 m->tls_certificate ? " (HTTPS)" : "");
-
-        r = api_bus_new(&m->bus, m);
-        if (r < 0)
-                return r;
+        if (listen) {
+                m->listen = strdup(listen);
+                if (!m->listen)
+                        return log_oom();
+        }
 
         return migrator_new(&m->migrator, m->event, m->conninfo, m->sql_dir, on_migrated, m);
 }

@@ -46,6 +46,7 @@ typedef struct Manager {
         unsigned max_attempts;
         char *conninfo; /* secret */
         char *sql_dir;
+        char *listen;      /* --listen=, NULL: socket activation or the default */
         char *tls_certificate, *tls_key; /* PEM text; the key is a secret */
 
         HttpServer *http;

@@ -32,6 +32,7 @@ Manager *manager_free(Manager *m) {
         erase_and_free(m->admin_password_hash);
         free(m->tls_certificate);
         free(m->sql_dir);
+        free(m->listen);
         free(m->admin_username);
         strv_free(m->admin_claims);
         api_key_pepper_done(&m->pepper);
@@ -251,6 +252,22 @@ static void notify_ready(Manager *m) {
                           bus_service_get_bus(m->bus) ? " (REST and D-Bus)" : " (REST; D-Bus unavailable)");
 }
 
+/* Serving starts once the database is usable: until then systemd's sockets keep the
+ * connections in their backlog and dbus-daemon holds activating calls, so the first
+ * request after a cold start waits instead of failing. */
+static int manager_serve(Manager *m) {
+        bool activated = !isempty(getenv("LISTEN_FDS"));
+        int r;
+
+        r = http_server_listen(m->http, m->listen, KEYS_DEFAULT_LISTEN);
+        if (r < 0)
+                return log_error_errno(r, "Failed to listen on %s: %m",
+                                       m->listen ?: activated ? "the sockets from systemd" : KEYS_DEFAULT_LISTEN);
+        log_info("Serving HTTP%s on %s.", m->tls_certificate ? "S" : "",
+                 m->listen ?: activated ? "the sockets from systemd" : KEYS_DEFAULT_LISTEN);
+        return keys_bus_start(m);
+}
+
 /* The pool answered (or not) after the migrations: only then are we ready. */
 static void on_probe(PgPool *pool, const PGresult *result, int error, void *userdata) {
         Manager *m = userdata;
@@ -265,6 +282,11 @@ static void on_probe(PgPool *pool, const PGresult *result, int error, void *user
         }
         m->migrated = true;
         m->migrator = migrator_free(m->migrator);
+        error = manager_serve(m);
+        if (error < 0) {
+                (void) sd_event_exit(m->event, error);
+                return;
+        }
         notify_ready(m);
 }
 
@@ -282,7 +304,6 @@ int manager_start(Manager *m, const ManagerOptions *o) {
                 .size = (unsigned) config_uint(m->config, "DATABASE_POOL_SIZE"),
                 .default_timeout_usec = config_uint(m->config, "DATABASE_TIMEOUT"),
         };
-        bool activated;
         int r;
 
         r = daemon_event_new(&m->event, on_signal, m);
@@ -302,17 +323,11 @@ int manager_start(Manager *m, const ManagerOptions *o) {
         r = rest_server_new(m, &m->http);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the HTTP server: %m");
-        activated = !isempty(getenv("LISTEN_FDS"));
-        r = http_server_listen(m->http, o ? o->listen : NULL, KEYS_DEFAULT_LISTEN);
-        if (r < 0)
-                return log_error_errno(r, "Failed to listen on %s: %m",
-                                       o && o->listen ? o->listen : activated ? "the sockets from systemd" : KEYS_DEFAULT_LISTEN);
-        log_info("Serving HTTP%s on %s.", m->tls_certificate ? "S" : "",
-                 o && o->listen ? o->listen : activated ? "the sockets from systemd" : KEYS_DEFAULT_LISTEN);
-
-        r = keys_bus_start(m);
-        if (r < 0)
-                return r;
+        if (o && o->listen) {
+                m->listen = strdup(o->listen);
+                if (!m->listen)
+                        return log_oom();
+        }
 
         return migrator_new(&m->migrator, m->event, m->conninfo, m->sql_dir, on_migrated, m);
 }

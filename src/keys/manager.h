@@ -40,6 +40,7 @@ typedef struct Manager {
 
         char *conninfo; /* secret */
         char *sql_dir;
+        char *listen;      /* --listen=, NULL: socket activation or the default */
         PgPool *pool;
         KeyStore *store;
         LastUsed *last_used;

@@ -101,10 +101,11 @@ static void on_pass_done(Reaper *reaper, int error, const ReaperStats *s, void *
                 log_error_errno(error, "Pass failed: the database %s could not be used: %m", strna(c->database));
                 c->result = error;
         } else {
-                /* Quiet when nothing happened in a loop, a one-line summary otherwise. */
+                /* A one-line summary; at debug level when nothing happened, since the timer
+                 * runs a pass every second. */
                 bool idle = s->expired + s->rescued + s->lost + s->republished + s->publish_failed + s->purged == 0;
 
-                log_full(idle && arg_loop > 0 ? LOG_DEBUG : LOG_INFO,
+                log_full(idle ? LOG_DEBUG : LOG_INFO,
                          "expired=%u rescued=%u lost=%u republished=%u publish_failed=%u purged=%u", s->expired,
                          s->rescued, s->lost, s->republished, s->publish_failed, s->purged);
                 c->result = 0;

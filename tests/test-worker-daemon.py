@@ -199,6 +199,8 @@ w = Worker(queue=queue, routing_key=rkey, api=api.url,
            extra_env={"WORKER_STOP_GRACE": "20s", "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
 check(notify.find(lambda m: m == "READY=1", 5), "sd_notify: READY=1 once consuming")
 check(notify.find(lambda m: m.startswith("STATUS=Idle"), 5), "sd_notify: STATUS=Idle… while nothing runs")
+check(notify.find(lambda m: m.startswith("STATUS=") and m.rstrip(".").endswith("/" + w.instance), 5),
+      "sd_notify: STATUS= names the worker instance")
 t = create("import time\nprint('start', flush=True)\ntime.sleep(3)\nprint('done', end='')", ttl=120, base=api.url,
            name="worker grace")
 check(wait_for(lambda: get(t["id"], base=api.url)["status"] == 1, 30), "grace: the task runs")

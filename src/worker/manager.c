@@ -250,6 +250,9 @@ void manager_update_status(Manager *m) {
         }
         APPEND("Done: %" PRIu64 " completed, %" PRIu64 " failed, %" PRIu64 " expired, %" PRIu64 " other.",
                m->n_completed, m->n_failed, m->n_expired, m->n_other);
+        /* systemctl status shows which instance this is: dtask-worker@N. */
+        if (m->worker_name)
+                APPEND(" Worker %s.", m->worker_name);
 #undef APPEND
 
         (void) sd_notifyf(false, "STATUS=%s", status);

@@ -107,6 +107,19 @@ class Container:
     def out(self, cmd, **kw):
         return self.run(cmd, **kw).stdout.strip()
 
+    def copy_in(self, paths, directory="/root/dtask-packages"):
+        """Copies host files into the container (its /tmp is a tmpfs of its own, so a project
+        checked out under /tmp is not visible there); returns the paths inside."""
+        self.run(f"mkdir -p {directory}")
+        inside = []
+        for path in paths:
+            dest = f"{directory}/{os.path.basename(path)}"
+            with open(path, "rb") as f:
+                subprocess.run(["nsenter", "-t", str(self.pid), "-a", "--", "/bin/sh", "-c", f"cat > {dest}"],
+                               stdin=f, check=True, timeout=60)
+            inside.append(dest)
+        return inside
+
     def active(self, unit):
         return self.out(f"systemctl is-active {unit}", check=False)
 
@@ -252,6 +265,7 @@ def install(c, pkgdir):
     debs = sorted(os.path.join(pkgdir, f) for f in os.listdir(pkgdir)
                   if f.endswith(".deb") and "-dbgsym_" not in f)
     log("installing " + " ".join(os.path.basename(d) for d in debs))
+    debs = c.copy_in(debs)
     # man-db's trigger takes seconds and proves nothing here
     c.run("rm -f /var/lib/man-db/auto-update")
     # The overlay's lower layer is the live host, where other tests create and remove
@@ -521,8 +535,8 @@ def test_reinstall(c, pkgdir):
     c.run("systemctl start dtask-api.service")
     before = c.out("systemctl show -P MainPID dtask-api.service")
     secret = c.out("sha256sum /etc/dtask/credentials/JWT_SECRET /etc/dtask/credentials/API_KEY")
-    debs = sorted(os.path.join(pkgdir, f) for f in os.listdir(pkgdir)
-                  if f.endswith(".deb") and "-dbgsym_" not in f)
+    debs = c.copy_in(sorted(os.path.join(pkgdir, f) for f in os.listdir(pkgdir)
+                            if f.endswith(".deb") and "-dbgsym_" not in f))
     p = c.run("DEBIAN_FRONTEND=noninteractive dpkg -i " + " ".join(debs), timeout=120, check=False)
     check(p.returncode == 0, "dpkg -i over the installed package (upgrade path) succeeds")
     check(c.out("sha256sum /etc/dtask/credentials/JWT_SECRET /etc/dtask/credentials/API_KEY") == secret,

@@ -50,6 +50,10 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.environ.get("DTASK_SOURCE_ROOT") or os.path.dirname(os.path.dirname(HERE))
 CONTAINER = os.path.join(HERE, "container.sh")
+# Commands inside the container get an environment of their own: the host's (tools/dev test
+# exports DBUS_SYSTEM_BUS_ADDRESS of the dev bus, among others) would point busctl and
+# friends at the host's buses.
+INSIDE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 TOTAL_TIMEOUT = 840  # the whole test, package builds included (meson's timeout is 900 s)
 
 API = "http://127.0.0.1:8080"
@@ -99,7 +103,7 @@ class Container:
         if user:
             argv += ["runuser", "-u", user, "--"]
         argv += ["/bin/sh", "-c", cmd]
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input, env=INSIDE_ENV)
         if check and p.returncode != 0:
             raise RuntimeError(f"inside the container: {cmd!r} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
         return p
@@ -116,7 +120,7 @@ class Container:
             dest = f"{directory}/{os.path.basename(path)}"
             with open(path, "rb") as f:
                 subprocess.run(["nsenter", "-t", str(self.pid), "-a", "--", "/bin/sh", "-c", f"cat > {dest}"],
-                               stdin=f, check=True, timeout=60)
+                               stdin=f, check=True, timeout=60, env=INSIDE_ENV)
             inside.append(dest)
         return inside
 

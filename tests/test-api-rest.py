@@ -21,7 +21,7 @@ import uuid
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from test_api_lib import (KEY, SLOW, TASK_FIELDS, check, create, deactivate_keys, finish, http, insert_task,  # noqa: E402
-                          key_id, make_key, raw_status, row, sql, sql_value)
+                          key_id, make_key, raw_status, row, sql, sql_value, wait_for)
 
 ME = key_id(KEY)
 
@@ -45,6 +45,9 @@ def problem(r, status, field=None, needle=None):
 def test_service_endpoints():
     r = http("GET", "/healthz", key=None)
     check(r.status == 200, "GET /healthz is 200 without a key")
+    # Tests that restart PostgreSQL or RabbitMQ may have run just before: the API's
+    # connections come back within their reconnect backoff (at most 5 s).
+    wait_for(lambda: http("GET", "/readyz", key=None).status == 200, timeout=30, interval=0.2)
     r = http("GET", "/readyz", key=None)
     check(r.status == 200 and r.json["checks"] == {"postgresql": "ok", "rabbitmq": "ok"},
           "GET /readyz is 200 with PostgreSQL and RabbitMQ ok")

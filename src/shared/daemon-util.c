@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
+#include "config.h"
 #include "daemon-util.h"
 #include "log.h"
 #include "pg.h"
@@ -39,6 +40,20 @@ int daemon_event_new(sd_event **ret, sd_event_signal_handler_t on_signal, void *
 
         *ret = TAKE_PTR(e);
         return 0;
+}
+
+int daemon_config_load(Config **ret, const char *path) {
+        _cleanup_free_ char *error = NULL;
+        int r;
+
+        r = config_load(ret, path, &error);
+        if (r < 0) {
+                if (error)
+                        log_error("Invalid configuration: %s", error);
+                else
+                        log_error_errno(r, "Failed to load the configuration: %m");
+        }
+        return r;
 }
 
 const char *daemon_sql_dir(const char *override) {

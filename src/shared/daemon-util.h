@@ -12,6 +12,10 @@
  * service manager asked for one ($WATCHDOG_USEC). Logs what failed. */
 int daemon_event_new(sd_event **ret, sd_event_signal_handler_t on_signal, void *userdata);
 
+/* Loads the configuration (config_load()); on failure logs the message naming the key. */
+typedef struct Config Config;
+int daemon_config_load(Config **ret, const char *path);
+
 /* Where the schema migrations are: override (--sql-dir=), else $DTASK_SQL_DIR, else the
  * installed SQLDIR, or the source tree's sql/ when running uninstalled from the build tree. */
 const char *daemon_sql_dir(const char *override);

@@ -156,21 +156,15 @@ static int manager_configure(Manager *m) {
 
 int manager_new(Manager **ret, const ManagerOptions *o) {
         _cleanup_(manager_freep) Manager *m = NULL;
-        _cleanup_free_ char *error = NULL;
         int r;
 
         m = calloc(1, sizeof(Manager));
         if (!m)
                 return log_oom();
 
-        r = config_load(&m->config, o ? o->config_path : NULL, &error);
-        if (r < 0) {
-                if (error)
-                        log_error("Invalid configuration: %s", error);
-                else
-                        log_error_errno(r, "Failed to load the configuration: %m");
+        r = daemon_config_load(&m->config, o ? o->config_path : NULL);
+        if (r < 0)
                 return r;
-        }
         r = manager_configure(m);
         if (r < 0)
                 return r;

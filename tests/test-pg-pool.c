@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* PgPool against a real PostgreSQL (DTASK_DATABASE_URL, exported by `tools/dev test`;
  * skipped when unset): concurrent parameterized queries, deadlines, SQL errors with
- * SQLSTATE, transactions that commit and roll back, the bounded queue, cancellation,
+ * SQLSTATE, transactions that commit and roll back, prepared statements (also after a
+ * schema change), the bounded queue, cancellation,
  * an unreachable server, freeing the pool from a callback, Npgsql connection strings. */
 
 #include <setjmp.h>
@@ -46,7 +47,7 @@ typedef struct Outcome {
         unsigned calls;
         int error;
         char sqlstate[6];
-        int ntuples;
+        int ntuples, nfields;
         char value[128];
         uint64_t at;
 } Outcome;
@@ -65,6 +66,7 @@ static void outcome_cb(PgPool *pool, const PGresult *result, int error, void *us
                         snprintf(o->sqlstate, sizeof o->sqlstate, "%s", s);
                 if (PQresultStatus(result) == PGRES_TUPLES_OK) {
                         o->ntuples = PQntuples(result);
+                        o->nfields = PQnfields(result);
                         if (o->ntuples > 0 && PQnfields(result) > 0)
                                 snprintf(o->value, sizeof o->value, "%s", PQgetvalue(result, 0, 0));
                 }
@@ -368,6 +370,77 @@ static void test_transaction(void **state) {
         assert_int_equal(pg_pool_transaction(p, NULL, 1, 0, outcome_cb, &o, NULL), -EINVAL);
 }
 
+/* ---- prepared statements ---- */
+
+static void test_prepared_statements(void **state) {
+        _cleanup_(pg_pool_freep) PgPool *p = pool_new(database_url, 1, 0);
+        char t[80], sql[256], select[256], insert[256], check[] =
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1";
+        Outcome o;
+
+        snprintf(t, sizeof t, "%s_prepared", table);
+        snprintf(sql, sizeof sql, "CREATE TABLE %s (a integer NOT NULL)", t);
+        assert_int_equal(query(p, sql, 0, NULL, 0).error, 0);
+        snprintf(insert, sizeof insert, "INSERT INTO %s (a) VALUES ($1::integer)", t);
+        assert_int_equal(query(p, insert, 1, (const char *[]) { "1" }, 0).error, 0);
+
+        /* The session prepares a statement the first time and keeps it. */
+        snprintf(select, sizeof select, "SELECT * FROM %s WHERE a >= $1::integer ORDER BY a", t);
+        for (unsigned i = 0; i < 3; i++) {
+                o = query(p, select, 1, (const char *[]) { "1" }, 0);
+                assert_int_equal(o.error, 0);
+                assert_int_equal(o.ntuples, 1);
+                assert_int_equal(o.nfields, 1);
+        }
+        o = query(p, check, 1, (const char *[]) { select }, 0);
+        assert_int_equal(o.error, 0);
+        assert_string_equal(o.value, "1");
+
+        /* A schema change makes the prepared statement's result type stale: the query
+         * still succeeds, with the new column, and the stale session was replaced. */
+        Outcome pid1 = query(p, "SELECT pg_backend_pid()", 0, NULL, 0);
+        snprintf(sql, sizeof sql, "ALTER TABLE %s ADD COLUMN b text NOT NULL DEFAULT 'x'", t);
+        assert_int_equal(query(p, sql, 0, NULL, 0).error, 0);
+        o = query(p, select, 1, (const char *[]) { "1" }, 0);
+        assert_int_equal(o.error, 0);
+        assert_int_equal(o.ntuples, 1);
+        assert_int_equal(o.nfields, 2);
+        Outcome pid2 = query(p, "SELECT pg_backend_pid()", 0, NULL, 0);
+        assert_string_not_equal(pid1.value, pid2.value);
+
+        /* The same inside a transaction: it runs again as a whole, its insert once. */
+        assert_int_equal(query(p, select, 1, (const char *[]) { "1" }, 0).nfields, 2);
+        snprintf(sql, sizeof sql, "ALTER TABLE %s ADD COLUMN c text NOT NULL DEFAULT 'y'", t);
+        assert_int_equal(query(p, sql, 0, NULL, 0).error, 0);
+        o = (Outcome) {};
+        PgStatement tx[] = {
+                { insert, 1, (const char *[]) { "2" } },
+                { select, 1, (const char *[]) { "1" } },
+        };
+        assert_int_equal(pg_pool_transaction(p, tx, ELEMENTSOF(tx), 0, outcome_cb, &o, NULL), 0);
+        assert_true(run_until(&o.calls, 1, 30 * USEC_PER_SEC));
+        assert_int_equal(o.error, 0);
+        assert_int_equal(o.ntuples, 2);
+        assert_int_equal(o.nfields, 3);
+
+        /* More distinct statements than a session keeps prepared: all still run. */
+        for (unsigned i = 0; i < 80; i++) {
+                char many[64], want[16];
+
+                snprintf(many, sizeof many, "SELECT $1::integer + %u", i);
+                snprintf(want, sizeof want, "%u", 1000 + i);
+                o = query(p, many, 1, (const char *[]) { "1000" }, 0);
+                assert_int_equal(o.error, 0);
+                assert_string_equal(o.value, want);
+        }
+        o = query(p, "SELECT count(*) FROM pg_prepared_statements", 0, NULL, 0);
+        assert_int_equal(o.error, 0);
+        assert_true(atoi(o.value) <= 64);
+
+        snprintf(sql, sizeof sql, "DROP TABLE %s", t);
+        assert_int_equal(query(p, sql, 0, NULL, 0).error, 0);
+}
+
 /* ---- queue bound, cancel, free ---- */
 
 static void test_queue_bound_cancel_free(void **state) {
@@ -566,6 +639,7 @@ int main(void) {
                 cmocka_unit_test(test_large_parameters),
                 cmocka_unit_test(test_sql_errors),
                 cmocka_unit_test(test_transaction),
+                cmocka_unit_test(test_prepared_statements),
                 cmocka_unit_test(test_queue_bound_cancel_free),
                 cmocka_unit_test(test_free_from_callback),
                 cmocka_unit_test(test_unreachable),

@@ -101,10 +101,6 @@ TaskStore *task_store_free(TaskStore *s) {
         return mfree(s);
 }
 
-static bool streq_ptr(const char *a, const char *b) {
-        return a && b && streq(a, b);
-}
-
 static int strdup_or_null(const char *s, char **ret) {
         if (!s) {
                 *ret = NULL;

@@ -34,6 +34,10 @@
 #define strneq(a, b, n) (strncmp((a), (b), (n)) == 0)
 #define strcaseeq(a, b) (strcasecmp((a), (b)) == 0)
 
+static inline bool streq_ptr(const char *a, const char *b) {
+        return a && b ? streq(a, b) : a == b;
+}
+
 static inline bool isempty(const char *s) {
         return !s || s[0] == '\0';
 }

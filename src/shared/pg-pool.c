@@ -4,11 +4,20 @@
  *
  * Life of a query: pg_pool_query() copies the statement, arms the deadline timer and
  * appends it to the queue; the dispatch defer source hands queued queries to idle
- * connections (PQsendQueryParams + PQflush); the connection's io handler reads results
+ * connections (PQsendQueryPrepared + PQflush); the connection's io handler reads results
  * (PQconsumeInput, PQisBusy, PQgetResult until NULL) and, for a transaction, sends the
  * next step (BEGIN, statements, COMMIT or ROLLBACK). The callback runs from the event
  * loop, as the last thing the handler does, so it may queue more queries, cancel others
- * or free the pool. */
+ * or free the pool.
+ *
+ * Prepared statements: the first time a session sees a statement text it prepares it
+ * (one more round trip), and runs it by name from then on, so the server parses and
+ * plans it once per session instead of once per call. Each session remembers up to
+ * PG_CONN_PREPARED_MAX texts; beyond that statements run unnamed as before. A session
+ * forgets them when it ends. When a schema change made a prepared statement's result
+ * type stale (SQLSTATE 0A000, "cached plan must not change result type"), the session is
+ * replaced and the query runs once more, unprepared: the failed statement changed
+ * nothing, and a transaction is rolled back by the server when its session ends. */
 
 #include <errno.h>
 #include <stdio.h>
@@ -23,6 +32,8 @@
 #define PG_POOL_SIZE_MAX 256U
 #define PG_POOL_TIMEOUT_DEFAULT_USEC (10 * USEC_PER_SEC)
 #define PG_POOL_MAX_QUEUED_DEFAULT 1024U
+#define PG_CONN_PREPARED_MAX 64U
+#define PG_SQLSTATE_FEATURE_NOT_SUPPORTED "0A000"
 
 /* Run once per new session. With it (PostgreSQL ≥ 14, Linux) the server notices within a
  * second that we dropped a connection whose statement ran past its deadline, and stops
@@ -44,9 +55,15 @@ typedef enum QueryPhase {
 
 typedef struct PgStmt {
         char *sql;
+        uint64_t hash; /* of sql, to find it among the prepared statements */
         int n_params;
         char **values;
 } PgStmt;
+
+typedef struct PgPrepared {
+        uint64_t hash;
+        char *sql;
+} PgPrepared;
 
 typedef struct PgConn PgConn;
 
@@ -54,6 +71,7 @@ struct PgQuery {
         PgPool *pool;
         QueryState state;
         bool cancelled;
+        bool retried;         /* runs again, unprepared, after a stale prepared statement */
         PgQuery *next, *prev; /* queue */
         PgConn *conn;         /* while running */
 
@@ -62,6 +80,9 @@ struct PgQuery {
         bool transaction;
         QueryPhase phase;
         size_t step;
+        bool preparing; /* PHASE_STATEMENT: the step in flight is its PQsendPrepare() */
+        bool prepared;  /* PHASE_STATEMENT: the step in flight runs a prepared statement */
+        bool unnamed;   /* PHASE_STATEMENT: run this step without preparing it */
 
         PGresult *step_result; /* result of the step in progress */
         PGresult *last;        /* transaction: result of the last statement so far */
@@ -80,6 +101,10 @@ struct PgConn {
         PgQuery *query;
         bool setup;    /* PG_SESSION_SETUP_SQL in flight */
         bool flushing; /* PQflush() returned 1: waiting for EPOLLOUT */
+
+        /* statements prepared in this session; the name of prepared[i] is "dtask_<i>" */
+        PgPrepared prepared[PG_CONN_PREPARED_MAX];
+        unsigned n_prepared;
 };
 
 struct PgPool {
@@ -107,8 +132,19 @@ static void stmt_done(PgStmt *s) {
         free(s->values);
 }
 
+/* FNV-1a */
+static uint64_t sql_hash(const char *sql) {
+        uint64_t h = UINT64_C(14695981039346656037);
+
+        for (const unsigned char *c = (const unsigned char *) sql; *c; c++) {
+                h ^= *c;
+                h *= UINT64_C(1099511628211);
+        }
+        return h;
+}
+
 static int stmt_copy(PgStmt *dst, const char *sql, int n_params, const char *const *values) {
-        *dst = (PgStmt) { .n_params = n_params };
+        *dst = (PgStmt) { .n_params = n_params, .hash = sql_hash(sql) };
 
         dst->sql = strdup(sql);
         if (!dst->sql)
@@ -218,6 +254,24 @@ static void drain_notifies(PGconn *c) {
 
 /* ---- connections ---- */
 
+static void conn_prepared_forget(PgConn *c) {
+        for (unsigned i = 0; i < c->n_prepared; i++)
+                free(c->prepared[i].sql);
+        c->n_prepared = 0;
+}
+
+/* Index of the statement among those prepared in this session, or -ENOENT. */
+static int conn_prepared_find(const PgConn *c, const PgStmt *s) {
+        for (unsigned i = 0; i < c->n_prepared; i++)
+                if (c->prepared[i].hash == s->hash && streq(c->prepared[i].sql, s->sql))
+                        return (int) i;
+        return -ENOENT;
+}
+
+static void prepared_name(unsigned i, char buf[static 16]) {
+        (void) snprintf(buf, 16, "dtask_%u", i);
+}
+
 static bool conn_is_idle(const PgConn *c) {
         return pg_link_is_up(&c->link) && !c->query && !c->setup;
 }
@@ -249,8 +303,23 @@ static int conn_send(PgConn *c) {
                 break;
         case PHASE_STATEMENT: {
                 const PgStmt *s = &q->stmts[q->step];
-                ok = PQsendQueryParams(pc, s->sql, s->n_params, NULL, (const char *const *) s->values, NULL, NULL,
-                                       /* resultFormat= */ 0);
+                char name[16];
+                bool unnamed = q->unnamed || q->retried;
+                int i = unnamed ? -ENOENT : conn_prepared_find(c, s);
+
+                q->preparing = q->prepared = false;
+                if (i >= 0) {
+                        prepared_name(i, name);
+                        ok = PQsendQueryPrepared(pc, name, s->n_params, (const char *const *) s->values, NULL, NULL,
+                                                 /* resultFormat= */ 0);
+                        q->prepared = true;
+                } else if (!unnamed && c->n_prepared < PG_CONN_PREPARED_MAX) {
+                        prepared_name(c->n_prepared, name);
+                        ok = PQsendPrepare(pc, name, s->sql, s->n_params, NULL);
+                        q->preparing = true;
+                } else
+                        ok = PQsendQueryParams(pc, s->sql, s->n_params, NULL, (const char *const *) s->values, NULL,
+                                               NULL, /* resultFormat= */ 0);
                 break;
         }
         default:
@@ -298,6 +367,28 @@ static void conn_send_or_abort(PgConn *c) {
                 conn_abort(c, r == -ECONNRESET ? -ECONNRESET : -EIO, "send");
 }
 
+/* A prepared statement went stale (see the top of this file): start a fresh session
+ * and put the query back at the front of the queue, to run once more unprepared. */
+static bool conn_retry_stale(PgConn *c, const PGresult *res, int err) {
+        PgQuery *q = c->query;
+
+        if (err != -EBADMSG || !q->prepared || q->retried ||
+            !streq_ptr(pg_result_sqlstate(res), PG_SQLSTATE_FEATURE_NOT_SUPPORTED))
+                return false;
+
+        log_debug("%s: prepared statement went stale (%s), running the query again on a new session",
+                  c->description, PQresultErrorMessage(res));
+        c->query = NULL;
+        c->flushing = false;
+        q->conn = NULL;
+        q->retried = true;
+        PQclear(TAKE_PTR(q->last));
+        pg_link_start(&c->link);
+        queue_prepend(c->pool, q);
+        pool_schedule_dispatch(c->pool);
+        return true;
+}
+
 /* PQgetResult() returned NULL: the step in progress is complete. */
 static void conn_step_done(PgConn *c) {
         PgQuery *q = c->query;
@@ -306,6 +397,25 @@ static void conn_step_done(PgConn *c) {
 
         switch (q->phase) {
         case PHASE_STATEMENT:
+                if (q->preparing && err >= 0) {
+                        /* Prepared; now run it. Should the name not be remembered, the
+                         * statement runs unnamed rather than being prepared twice. */
+                        PgPrepared *pp = &c->prepared[c->n_prepared];
+
+                        PQclear(res);
+                        pp->sql = strdup(q->stmts[q->step].sql);
+                        if (pp->sql) {
+                                pp->hash = q->stmts[q->step].hash;
+                                c->n_prepared++;
+                        } else
+                                q->unnamed = true;
+                        return conn_send_or_abort(c);
+                }
+                q->unnamed = false;
+                if (conn_retry_stale(c, res, err)) {
+                        PQclear(res);
+                        return;
+                }
                 if (!q->transaction)
                         return conn_query_done(c, res, err);
                 if (err < 0) {
@@ -419,6 +529,7 @@ static void conn_on_up(PgLink *l, void *userdata) {
 
         c->flushing = false;
         c->setup = true;
+        conn_prepared_forget(c);
         if (!PQsendQuery(l->conn, PG_SESSION_SETUP_SQL))
                 return conn_abort(c, -ECONNRESET, "setup");
         r = conn_flush(c);
@@ -699,6 +810,7 @@ PgPool *pg_pool_free(PgPool *p) {
 
                         q = TAKE_PTR(c->query);
                         pg_link_done(&c->link);
+                        conn_prepared_forget(c);
                         if (q) {
                                 q->conn = NULL;
                                 query_finish(q, NULL, -ECANCELED);

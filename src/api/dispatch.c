@@ -107,7 +107,7 @@ static void on_confirm(AmqpPublisher *p, int error, void *userdata) {
 
         metrics_publish_confirmed(d->metrics);
         log_debug("Task %s (run %u) published.", pub->id, pub->retry_count);
-        r = task_store_mark_published(d->store, pub->id, pub->retry_count, NULL, NULL);
+        r = task_store_mark_published(d->store, pub->id, pub->retry_count);
         if (r < 0)
                 log_warning_errno(r, "Failed to record that task %s was published: %m", pub->id);
 }

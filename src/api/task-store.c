@@ -1,12 +1,26 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <stdio.h>
 
 #include "log.h"
 #include "task-store.h"
+#include "uuid-util.h"
+
+/* Confirmed publications wait here to be recorded, see task_store_mark_published(). */
+#define MARKS_MAX 256U
+
+typedef struct PublishedMark {
+        char id[UUID_STRING_MAX];
+        unsigned retry_count;
+} PublishedMark;
 
 struct TaskStore {
         PgPool *pool;
         uint64_t timeout_usec;
+
+        PublishedMark marks[MARKS_MAX];
+        unsigned n_marks;
+        unsigned marks_in_flight;
 };
 
 /* Times as integer microseconds since the epoch (exact: extract() is numeric). */
@@ -626,22 +640,79 @@ int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStore
         return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
 }
 
-int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count, TaskStoreCallback cb,
-                              void *userdata) {
-        static const char sql[] =
-                "UPDATE tasks SET published = true, published_at = now() "
-                "WHERE id = $1::uuid AND retry_count = $2::integer AND NOT published";
-        _cleanup_(store_op_freep) StoreOp *op = op_new(s, OP_COMMAND, cb, userdata);
-        char retry_buf[16];
-        const char *values[] = { id, FMT_UINT(retry_buf, retry_count) };
+static int marks_flush(TaskStore *s);
+
+static void on_marks_recorded(PgPool *pool, const PGresult *result, int error, void *userdata) {
+        TaskStore *s = userdata;
         int r;
 
-        if (!op)
+        s->marks_in_flight--;
+        if (error == -ECANCELED)
+                return; /* shutting down: the reaper publishes what stayed unmarked */
+        if (error < 0)
+                log_warning_errno(error, "Failed to record that tasks were published (%m); dtask-reaper "
+                                  "publishes them again.");
+        if (s->n_marks > 0 && s->marks_in_flight == 0) {
+                r = marks_flush(s);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to record that tasks were published (%m); dtask-reaper "
+                                          "publishes them again.");
+        }
+}
+
+/* One UPDATE for every mark gathered so far, as two array literals. */
+static int marks_flush(TaskStore *s) {
+        static const char sql[] =
+                "UPDATE tasks t SET published = true, published_at = now() "
+                "FROM unnest($1::uuid[], $2::integer[]) AS m(id, retry_count) "
+                "WHERE t.id = m.id AND t.retry_count = m.retry_count AND NOT t.published";
+        _cleanup_free_ char *ids = NULL, *retries = NULL;
+        size_t ids_len = 0, retries_len = 0;
+        unsigned n = s->n_marks;
+        int r;
+
+        assert(n > 0);
+        ids = malloc(2 + n * UUID_STRING_MAX);
+        retries = malloc(2 + n * 11);
+        if (!ids || !retries)
                 return -ENOMEM;
-        r = query(s, op, sql, ELEMENTSOF(values), values);
+        for (unsigned i = 0; i < n; i++) {
+                const char *sep = i == 0 ? "{" : ",";
+
+                ids_len += sprintf(ids + ids_len, "%s%s", sep, s->marks[i].id);
+                retries_len += sprintf(retries + retries_len, "%s%u", sep, s->marks[i].retry_count);
+        }
+        strcpy(ids + ids_len, "}");
+        strcpy(retries + retries_len, "}");
+
+        r = pg_pool_query(s->pool, sql, 2, (const char *const[]) { ids, retries }, s->timeout_usec,
+                          on_marks_recorded, s, NULL);
         if (r < 0)
                 return r;
-        TAKE_PTR(op);
+        s->n_marks = 0;
+        s->marks_in_flight++;
+        return 0;
+}
+
+int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count) {
+        PublishedMark *m;
+        int r;
+
+        if (s->n_marks >= MARKS_MAX) {
+                r = marks_flush(s);
+                if (r < 0)
+                        return r;
+        }
+        m = &s->marks[s->n_marks];
+        r = uuid_normalize(id, m->id);
+        if (r < 0)
+                return r;
+        m->retry_count = retry_count;
+        s->n_marks++;
+
+        /* While an UPDATE is in flight the marks gather for the next one. */
+        if (s->marks_in_flight == 0 || s->n_marks >= MARKS_MAX)
+                return marks_flush(s);
         return 0;
 }
 

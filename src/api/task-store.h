@@ -89,9 +89,12 @@ int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, T
  * does); the attempt row is closed with verdict 'released'. The attempt stays counted. */
 int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStoreCallback cb, void *userdata);
 
-/* Records that the broker confirmed the message of run retry_count. cb may be NULL. */
-int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count, TaskStoreCallback cb,
-                              void *userdata);
+/* Records that the broker confirmed the message of run retry_count. The marks are
+ * batched: while one UPDATE is in flight, the next ones gather (up to 256) and are
+ * recorded together when it completes, so a busy dtask-api does not commit once per
+ * task for this. A mark that fails to be recorded is logged; the reaper publishes that
+ * task again (workers ignore the duplicate message: claims are fenced). */
+int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count);
 
 /* Number of tasks per status, and the dispatch backlog. */
 int task_store_stats(TaskStore *s, TaskStoreStatsCallback cb, void *userdata);

@@ -76,7 +76,7 @@ def insert(name, status, expires_in, **cols):
     tid = str(uuid.uuid4())
     fields = {
         "attempt": 0, "max_attempts": 3, "lease_in": None, "published": "false", "updated_ago": 0,
-        "published_ago": None,
+        "published_ago": None, "created_ago": 60,
     }
     fields.update(cols)
     lease = "NULL" if fields["lease_in"] is None else f"now() + interval '{fields['lease_in']} seconds'"
@@ -84,7 +84,7 @@ def insert(name, status, expires_in, **cols):
     sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, status, ttl, created_at, updated_at, expires_at,
                                attempt, max_attempts, lease_expires_at, published, published_at, started_at)
             VALUES ('{tid}', :'p1', 'print(1)', 1, '{OWNER}', {status}, interval '1 hour',
-                    now() - interval '1 minute', now() - interval '{fields['updated_ago']} seconds',
+                    now() - interval '{fields['created_ago']} seconds', now() - interval '{fields['updated_ago']} seconds',
                     now() + interval '{expires_in} seconds', {fields['attempt']}, {fields['max_attempts']},
                     {lease}, {fields['published']}, {published_at},
                     CASE WHEN {status} = 1 THEN now() ELSE NULL END)""", name)
@@ -135,6 +135,21 @@ def test_republish_unpublished():
     check(p.returncode == 0, "reaper pass exits 0")
     check(row(stale)[5] == "t", "an unpublished Pending task is published and marked after the broker confirmed")
     check(row(fresh)[5] == "f", "a task created a moment ago is left to the API's own publish")
+
+
+def test_republish_never_claimed():
+    # REPUBLISH_AFTER is 5 minutes by default.
+    lost = insert("published 10 min ago, never claimed", 0, 3600, published="true", published_ago=600,
+                  updated_ago=600, created_ago=1200)
+    recent = insert("published 1 min ago", 0, 3600, published="true", published_ago=60, updated_ago=60,
+                    created_ago=1200)
+    p = reaper()
+    check(p.returncode == 0, "reaper pass exits 0")
+
+    def published_ago(tid):
+        return float(sql(f"SELECT extract(epoch from now() - published_at) FROM tasks WHERE id = '{tid}'")[0][0])
+    check(published_ago(lost) < 60, "a Pending task published long ago and never claimed is published again")
+    check(published_ago(recent) > 50, "a task published a minute ago is left alone")
 
 
 def test_broker_down_keeps_tasks():
@@ -232,6 +247,7 @@ def main():
     try:
         test_expire_and_rescue()
         test_republish_unpublished()
+        test_republish_never_claimed()
         test_broker_down_keeps_tasks()
         test_database_down()
         test_concurrent_reapers_expire_once()

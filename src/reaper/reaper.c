@@ -60,17 +60,29 @@ static const char sql_rescue[] =
         "    AND a.attempt = r.attempt AND a.ended_at IS NULL)"
         " SELECT id, status FROM rescued";
 
-/* 3. Pending tasks to publish again. Taking them stamps published_at, so that
- * concurrent reapers do not pick the same rows within the grace period. */
+/* 3. Pending tasks to publish again: those whose publish was not confirmed within the
+ * grace period, and those published long ago ($2) and never claimed. Taking them stamps
+ * published_at, so that concurrent reapers do not pick the same rows within the grace
+ * period. Each kind is read from an index range that holds only candidates (the
+ * unpublished ones; the Pending ones created before $2), so that a pass does not
+ * cost more with a large backlog of Pending tasks waiting for a worker. */
 static const char sql_take_unpublished[] =
-        "WITH candidates AS ("
+        "WITH unpublished AS ("
         "  SELECT id FROM tasks"
-        "  WHERE status = 0 AND expires_at > now()"
+        "  WHERE status = 0 AND NOT published AND expires_at > now()"
         "    AND updated_at < now() - $1::bigint * interval '1 microsecond'"
-        "    AND (published_at IS NULL OR published_at < now() - CASE WHEN published"
-        "         THEN $2::bigint ELSE $1::bigint END * interval '1 microsecond')"
+        "    AND (published_at IS NULL OR published_at < now() - $1::bigint * interval '1 microsecond')"
+        "  ORDER BY created_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED),"
+        " stale AS ("
+        "  SELECT id FROM tasks"
+        "  WHERE status = 0 AND published AND expires_at > now()"
+        /* as a row comparison, only tasks_status_created_idx serves it */
+        "    AND (status, created_at) < (0, now() - $2::bigint * interval '1 microsecond')"
+        "    AND updated_at < now() - $1::bigint * interval '1 microsecond'"
+        "    AND published_at < now() - $2::bigint * interval '1 microsecond'"
         "  ORDER BY created_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED)"
-        " UPDATE tasks t SET published_at = now() FROM candidates c WHERE t.id = c.id"
+        " UPDATE tasks t SET published_at = now()"
+        " FROM (SELECT id FROM unpublished UNION ALL SELECT id FROM stale) c WHERE t.id = c.id"
         " RETURNING t.id";
 
 static const char sql_mark_published[] =

@@ -142,7 +142,7 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
 void manager_task_changed(Manager *m, const char *id, TaskStatus status, unsigned attempt) {
         log_debug("Task %s is now %s (attempt %u).", id, strna(task_status_to_string(status)), attempt);
         if (task_status_is_terminal(status))
-                waiters_notify(m->waiters, id);
+                waiters_notify(m->waiters, id, NULL);
         api_bus_task_changed(m->bus, id, status);
 }
 

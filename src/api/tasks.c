@@ -340,6 +340,14 @@ static bool still_wanted(TaskCall *c) {
         return false;
 }
 
+/* A change this instance made: its own waiters get the row now rather than after
+ * PostgreSQL's announcement and another read (the announcement still reaches the other
+ * instances, and finds nobody waiting here). */
+static void wake_waiters(TaskCall *c, const Task *t) {
+        if (task_status_is_terminal(t->status))
+                waiters_notify(c->manager->waiters, t->id, t);
+}
+
 /* ---- POST /api/tasks ---- */
 
 static void on_created(int error, Task **task, bool applied, void *userdata) {
@@ -476,9 +484,16 @@ static void get_query(TaskCall *c) {
 }
 
 /* A change of the task was announced (or must be assumed, after a reconnect). */
-static void on_wake(Waiter *w, void *userdata) {
+static void on_wake(Waiter *w, const Task *task, void *userdata) {
         TaskCall *c = userdata;
+        const char *owner = owner_filter(c);
 
+        /* This instance made the change and has the row: answer with it at once. */
+        if (task && !c->busy && task_status_is_terminal(task->status) && (!owner || strcaseeq(owner, task->owner_id))) {
+                reply_task(c, 200, task);
+                task_call_free(c);
+                return;
+        }
         if (c->busy)
                 c->dirty = true;
         else
@@ -664,6 +679,7 @@ static void on_patched(int error, Task **task, bool applied, void *userdata) {
         if ((c->patch.fields & TASK_PATCH_STATUS) && t->status == TASK_PENDING && !t->published)
                 dispatch_task(c->manager->dispatch, t->id, t->retry_count);
         reply_task(c, 200, t);
+        wake_waiters(c, t);
 }
 
 static void step_patch(TaskCall *c) {
@@ -766,6 +782,7 @@ static void on_cancelled(int error, Task **task, bool applied, void *userdata) {
         /* Running workers hear it on the events exchange (and from the status NOTIFY). */
         dispatch_event(c->manager->dispatch, "cancelled", t->id);
         reply_task(c, 200, t);
+        wake_waiters(c, t);
 }
 
 static void step_cancel(TaskCall *c) {
@@ -904,6 +921,7 @@ static void on_completed(int error, Task **task, bool applied, void *userdata) {
         log_info("Task %s (owner %s) %s, attempt %u, verdict %s, reported by key %s from %s.", t->id, t->owner_id,
                  task_status_to_string(t->status), t->attempt, strna(t->verdict), c->caller.key_id, c->client);
         reply_task(c, 200, t);
+        wake_waiters(c, t);
 }
 
 static void step_complete(TaskCall *c) {

@@ -13,14 +13,16 @@
 typedef struct Probe {
         unsigned calls;
         Waiter *w;
+        const Task *task;
         bool free_self;
 } Probe;
 
-static void on_wake(Waiter *w, void *userdata) {
+static void on_wake(Waiter *w, const Task *task, void *userdata) {
         Probe *p = userdata;
 
         assert_ptr_equal(w, p->w);
         p->calls++;
+        p->task = task;
         if (p->free_self)
                 p->w = waiter_free(p->w);
 }
@@ -37,27 +39,35 @@ static void test_notify(void **state) {
         assert_int_equal(waiters_add(ws, "nope", on_wake, &b, &b.w), -EINVAL);
 
         /* ids are matched case-insensitively (normalized) */
-        waiters_notify(ws, "0B7F3C9E-5D1A-4C8E-9F2A-6E4D2C1B0A99");
+        waiters_notify(ws, "0B7F3C9E-5D1A-4C8E-9F2A-6E4D2C1B0A99", NULL);
         assert_int_equal(a1.calls, 1);
         assert_int_equal(a2.calls, 1);
         assert_int_equal(b.calls, 0);
 
-        waiters_notify(ws, "not a uuid");
-        waiters_notify(ws, "11111111-1111-1111-1111-111111111111");
+        waiters_notify(ws, "not a uuid", NULL);
+        waiters_notify(ws, "11111111-1111-1111-1111-111111111111", NULL);
         assert_int_equal(a1.calls + a2.calls + b.calls, 2);
 
         waiters_notify_all(ws);
         assert_int_equal(a1.calls, 2);
         assert_int_equal(a2.calls, 2);
         assert_int_equal(b.calls, 1);
+        assert_null(b.task);
+
+        /* the row of a change made here is handed to the waiters of that task */
+        Task row = { .status = TASK_COMPLETED };
+        waiters_notify(ws, ID_B, &row);
+        assert_int_equal(b.calls, 2);
+        assert_ptr_equal(b.task, &row);
+        assert_int_equal(a1.calls, 2);
 
         /* callbacks may free their own waiter while the list is walked */
         a1.free_self = a2.free_self = true;
-        waiters_notify(ws, ID_A);
+        waiters_notify(ws, ID_A, NULL);
         assert_null(a1.w);
         assert_null(a2.w);
         assert_int_equal(waiters_count(ws), 1);
-        waiters_notify(ws, ID_A);
+        waiters_notify(ws, ID_A, NULL);
         assert_int_equal(a1.calls, 3);
 
         b.free_self = true;
@@ -76,7 +86,7 @@ static void test_many(void **state) {
                 snprintf(id, sizeof(id), "%08zx-0000-4000-8000-000000000000", i % 300);
                 assert_int_equal(waiters_add(ws, id, on_wake, &probes[i], &probes[i].w), 0);
         }
-        waiters_notify(ws, "00000007-0000-4000-8000-000000000000");
+        waiters_notify(ws, "00000007-0000-4000-8000-000000000000", NULL);
         for (size_t i = 0; i < ELEMENTSOF(probes); i++)
                 assert_int_equal(probes[i].calls, i % 300 == 7 ? 1 : 0);
         for (size_t i = 0; i < ELEMENTSOF(probes); i += 2)

@@ -90,30 +90,30 @@ Waiter *waiter_free(Waiter *w) {
         return mfree(w);
 }
 
-static void notify_bucket(Waiters *ws, size_t b, const char *id) {
+static void notify_bucket(Waiters *ws, size_t b, const char *id, const Task *task) {
         ws->cursor = ws->buckets[b];
         while (ws->cursor) {
                 Waiter *w = ws->cursor;
 
                 ws->cursor = w->next;
                 if (!id || streq(w->id, id))
-                        w->callback(w, w->userdata);
+                        w->callback(w, task, w->userdata);
         }
 }
 
-void waiters_notify(Waiters *ws, const char *id) {
+void waiters_notify(Waiters *ws, const char *id, const Task *task) {
         char normalized[UUID_STRING_MAX];
 
         if (!ws || uuid_normalize(id, normalized) < 0)
                 return;
-        notify_bucket(ws, bucket_of(normalized), normalized);
+        notify_bucket(ws, bucket_of(normalized), normalized, task);
 }
 
 void waiters_notify_all(Waiters *ws) {
         if (!ws)
                 return;
         for (size_t b = 0; b < WAITERS_BUCKETS; b++)
-                notify_bucket(ws, b, NULL);
+                notify_bucket(ws, b, NULL, NULL);
 }
 
 size_t waiters_count(const Waiters *ws) {

@@ -13,7 +13,7 @@ const ConfigKey config_keys[] = {
         { "DATABASE_URL", CONFIG_STRING, CONFIG_SECRET | CONFIG_CREDENTIAL, NULL,
           .alias = "API_KEYS_CONNECTION_STRING",
           .description = "PostgreSQL connection: libpq URI/keywords or an Npgsql connection string" },
-        { "DATABASE_POOL_SIZE", CONFIG_UINT, 0, "4", 1, 64 },
+        { "DATABASE_POOL_SIZE", CONFIG_UINT, 0, "16", 1, 64 },
         { "DATABASE_TIMEOUT", CONFIG_DURATION, 0, "10s", SEC / 100, 600 * SEC,
           .description = "deadline of one database query" },
         { "AMQP_URL", CONFIG_URL, CONFIG_SECRET | CONFIG_CREDENTIAL, "amqp://guest:guest@127.0.0.1:5672" },

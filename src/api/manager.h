@@ -9,6 +9,7 @@
 #include "daemon-util.h"
 #include "http-server.h"
 #include "macro.h"
+#include "migrator.h"
 #include "pg.h"
 #include "task-json.h"
 

@@ -3,6 +3,11 @@
 
 #include "lru-map.h"
 
+/* The bucket array starts small and doubles whenever the entries fill half of it, up
+ * to the size for max_entries (the same load as before): an idle daemon does not hold
+ * (nor calloc() clear) bucket arrays for thousands of clients it has not seen. */
+#define LRU_MAP_BUCKETS_MIN 16
+
 typedef struct Entry Entry;
 struct Entry {
         Entry *bucket_next;
@@ -13,7 +18,7 @@ struct Entry {
 
 struct LruMap {
         Entry **buckets;
-        size_t n_buckets; /* power of two */
+        size_t n_buckets, max_buckets; /* powers of two */
         size_t n_entries, max_entries, value_size;
         Entry *newest, *oldest;
         uint8_t hash_key[crypto_shorthash_KEYBYTES];
@@ -23,7 +28,7 @@ struct LruMap {
 
 int lru_map_new(LruMap **ret, size_t max_entries, size_t value_size, LruMapEvictCallback evict, void *userdata) {
         _cleanup_(lru_map_freep) LruMap *m = NULL;
-        size_t n = 16;
+        size_t n = LRU_MAP_BUCKETS_MIN;
 
         if (!ret || max_entries == 0 || max_entries > SIZE_MAX / 4)
                 return -EINVAL;
@@ -33,10 +38,11 @@ int lru_map_new(LruMap **ret, size_t max_entries, size_t value_size, LruMapEvict
         m = calloc(1, sizeof *m);
         if (!m)
                 return -ENOMEM;
-        m->buckets = calloc(n, sizeof(Entry *));
+        m->max_buckets = n;
+        m->n_buckets = LRU_MAP_BUCKETS_MIN;
+        m->buckets = calloc(m->n_buckets, sizeof(Entry *));
         if (!m->buckets)
                 return -ENOMEM;
-        m->n_buckets = n;
         m->max_entries = max_entries;
         m->value_size = value_size;
         m->evict = evict;
@@ -59,13 +65,37 @@ LruMap *lru_map_free(LruMap *m) {
         return mfree(m);
 }
 
-static size_t bucket_of(const LruMap *m, const char *key) {
+static size_t bucket_in(const LruMap *m, const char *key, size_t n_buckets) {
         uint8_t h[crypto_shorthash_BYTES];
         uint64_t v;
 
         crypto_shorthash(h, (const unsigned char *) key, strlen(key), m->hash_key);
         memcpy(&v, h, sizeof v);
-        return (size_t) (v & (m->n_buckets - 1));
+        return (size_t) (v & (n_buckets - 1));
+}
+
+static size_t bucket_of(const LruMap *m, const char *key) {
+        return bucket_in(m, key, m->n_buckets);
+}
+
+/* Doubles the bucket array. Best effort: without memory the map keeps its buckets
+ * (longer chains, still correct). */
+static void lru_map_grow(LruMap *m) {
+        size_t n = m->n_buckets * 2;
+        Entry **buckets;
+
+        buckets = calloc(n, sizeof(Entry *));
+        if (!buckets)
+                return;
+        for (Entry *e = m->oldest; e; e = e->lru_prev) {
+                Entry **slot = &buckets[bucket_in(m, e->key, n)];
+
+                e->bucket_next = *slot;
+                *slot = e;
+        }
+        free(m->buckets);
+        m->buckets = buckets;
+        m->n_buckets = n;
 }
 
 static Entry **find_slot(LruMap *m, const char *key) {
@@ -155,6 +185,8 @@ void *lru_map_ensure(LruMap *m, const char *key, bool *ret_created) {
         *slot = e;
         lru_push_newest(m, e);
         m->n_entries++;
+        if (m->n_entries * 2 > m->n_buckets && m->n_buckets < m->max_buckets)
+                lru_map_grow(m);
         if (ret_created)
                 *ret_created = true;
         return e->value;

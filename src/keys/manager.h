@@ -13,6 +13,7 @@
 #include "key-util.h"
 #include "last-used.h"
 #include "macro.h"
+#include "migrator.h"
 #include "pg.h"
 #include "ratelimit.h"
 #include "store.h"

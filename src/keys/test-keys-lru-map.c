@@ -80,9 +80,14 @@ static void test_visit_and_many(void **state) {
         }
         assert_int_equal(lru_map_size(m), 1000);
         assert_int_equal(n_evicted, 4000);
+        /* every entry and its value survived the growth of the bucket array */
         for (int i = 4000; i < 5000; i++) {
+                int *v;
+
                 snprintf(key, sizeof key, "k%d", i);
-                assert_non_null(lru_map_get(m, key));
+                v = lru_map_get(m, key);
+                assert_non_null(v);
+                assert_int_equal(*v, i);
         }
         lru_map_visit(m, remove_odd, &visited);
         assert_int_equal(visited, 1000);

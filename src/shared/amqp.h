@@ -230,6 +230,10 @@ int amqp_event_body_parse(const void *body, size_t size, char **ret_event, char 
 
 /* true for "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (hex, any case). */
 bool amqp_is_uuid(const char *s, size_t n);
+/* A copy of the first 36 characters of s, lower-cased; NULL without memory. */
+char *amqp_uuid_lower(const char *s);
+/* true for an event name: 1–32 of [a-z0-9_.-]. */
+bool amqp_event_name_valid(const char *s, size_t n);
 
 /* The parts of an AMQP URL (percent-decoded). */
 typedef struct AmqpUrl {

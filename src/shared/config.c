@@ -253,11 +253,33 @@ static int read_file_limited(const char *path, size_t max, char **ret, size_t *r
         if ((uint64_t) st.st_size > max)
                 return -EFBIG;
 
-        buf = malloc(max + 1);
+        /* Sized by the file, not by the limit: a buffer of max + 1 bytes (1 MiB for the
+         * configuration file) is mmap()ed by malloc, and freeing it raises glibc's dynamic
+         * mmap and trim thresholds for the rest of the process, so that later large
+         * allocations stay on the heap and its free top is not given back. cap is one more
+         * than the size, to see the end (or growth) of the file; it grows up to max + 1 for
+         * files that change while we read them or report size 0. The buffer has room for
+         * cap bytes and the NUL. */
+        size_t cap = MIN((size_t) st.st_size, max) + 1;
+        buf = malloc(cap + 1);
         if (!buf)
                 return -ENOMEM;
         for (;;) {
-                ssize_t k = read(fd, buf + n, max + 1 - n);
+                if (n == cap) { /* n <= max here, so cap < max + 1 */
+                        size_t c = MIN(MAX(cap * 2, (size_t) 4096), max + 1);
+                        char *b = malloc(c + 1);
+                        if (!b) {
+                                sodium_memzero(buf, n);
+                                return -ENOMEM;
+                        }
+                        /* not realloc(): the old block may hold a secret and is wiped */
+                        memcpy(b, buf, n);
+                        sodium_memzero(buf, n);
+                        free(buf);
+                        buf = b;
+                        cap = c;
+                }
+                ssize_t k = read(fd, buf + n, cap - n);
 
                 if (k < 0) {
                         if (errno == EINTR)

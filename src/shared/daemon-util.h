@@ -24,18 +24,3 @@ const char *daemon_sql_dir(const char *override);
  * itself, the configuration file names a path. *ret gets the text (at most 1 MiB). Logs
  * errors naming the key. */
 int daemon_read_pem(const char *key, const char *value, char **ret);
-
-/* Applies the schema migrations at start-up, retrying with backoff (1 s … 30 s) while the
- * database is unreachable, so that a daemon can serve /healthz and wait. done() runs once
- * the migrations are applied (error 0), or with error < 0 when retrying cannot help
- * (e.g. the migration directory does not exist; already logged). The first attempt runs
- * within migrator_new(); done() may run from within it. pg_migrate() blocks while it
- * runs: only at start-up, before the daemon serves anything else. */
-typedef struct Migrator Migrator;
-typedef void (*MigratorDone)(Migrator *m, int error, void *userdata);
-int migrator_new(Migrator **ret, sd_event *e, const char *conninfo, const char *sql_dir, MigratorDone done,
-                 void *userdata);
-/* Tries again after the backoff: for owners that check more after the migrations (a pool probe). */
-int migrator_retry(Migrator *m);
-Migrator *migrator_free(Migrator *m);
-DEFINE_TRIVIAL_CLEANUP_FUNC(Migrator *, migrator_free);

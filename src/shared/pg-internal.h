@@ -70,6 +70,13 @@ static inline bool pg_link_is_up(const PgLink *l) {
         return l->state == PG_LINK_UP;
 }
 
+/* libpq's own default, gssencmode=prefer, makes every TCP connect ask the Kerberos
+ * library for a credential cache first (loading and initializing libkrb5 and
+ * libgssapi_krb5, reading krb5.conf), although nearly nobody runs PostgreSQL with GSSAPI
+ * encryption. GSSAPI authentication is unaffected; users of GSSAPI encryption put
+ * gssencmode=prefer or =require into DATABASE_URL, which overrides this. */
+#define PG_DEFAULT_GSSENCMODE "disable"
+
 /* Conninfo handling shared by the pool, the listener and the migration runner. */
 int pg_conninfo_connect_timeout(const char *conninfo, uint64_t *ret);
 /* Keyword/value arrays for PQconnect*Params(): our defaults, then the conninfo as an

@@ -324,8 +324,9 @@ int pg_migrate(const char *conninfo, const char *dir, unsigned *ret_applied, cha
         if (r < 0)
                 goto finish;
 
-        const char *keywords[] = { "connect_timeout", "fallback_application_name", "client_encoding", "dbname", NULL };
-        const char *values[] = { "10", program_invocation_short_name, "UTF8", normalized, NULL };
+        const char *keywords[] = { "connect_timeout", "fallback_application_name", "client_encoding", "gssencmode",
+                                   "dbname", NULL };
+        const char *values[] = { "10", program_invocation_short_name, "UTF8", PG_DEFAULT_GSSENCMODE, normalized, NULL };
         conn = PQconnectdbParams(keywords, values, /* expand_dbname= */ 1);
         if (!conn) {
                 r = -ENOMEM;

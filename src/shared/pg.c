@@ -884,6 +884,7 @@ void pg_connect_params(const char *conninfo, const char *keywords[static 8], con
         keywords[i] = "keepalives_idle", values[i++] = "30";
         keywords[i] = "keepalives_interval", values[i++] = "10";
         keywords[i] = "keepalives_count", values[i++] = "3";
+        keywords[i] = "gssencmode", values[i++] = PG_DEFAULT_GSSENCMODE;
         keywords[i] = "dbname", values[i++] = conninfo;
         keywords[i] = NULL, values[i] = NULL;
 }

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "pg-internal.h"
 #include "pg.h"
 
 /* Looks a keyword up in what libpq makes of a conninfo string; NULL if unset. */
@@ -321,6 +322,50 @@ static void test_sqlstate_null(void **state) {
         assert_null(pg_result_sqlstate(NULL));
 }
 
+/* What a connection made with pg_connect_params() uses for keyword: libpq's view of the
+ * PGconn (the connection itself fails at once: the socket directory does not exist). */
+static char *connect_params_value(const char *conninfo, const char *keyword) {
+        const char *keywords[8], *values[8];
+        char *v = NULL;
+
+        pg_connect_params(conninfo, keywords, values);
+        PGconn *conn = PQconnectStartParams(keywords, values, /* expand_dbname= */ 1);
+        assert_non_null(conn);
+        PQconninfoOption *opts = PQconninfo(conn);
+        assert_non_null(opts);
+        for (PQconninfoOption *o = opts; o->keyword; o++)
+                if (strcmp(o->keyword, keyword) == 0 && o->val)
+                        v = strdup(o->val);
+        PQconninfoFree(opts);
+        PQfinish(conn);
+        return v;
+}
+
+static void test_connect_params_gssencmode(void **state) {
+        static const struct {
+                const char *conninfo, *expected;
+        } cases[] = {
+                /* our default: no GSSAPI encryption attempt (nor libkrb5 start-up) per connect */
+                { "host=/nonexistent-dtask-test dbname=d", "disable" },
+                { "postgresql:///d?host=/nonexistent-dtask-test", "disable" },
+                /* the configuration overrides it, in every syntax */
+                { "host=/nonexistent-dtask-test dbname=d gssencmode=prefer", "prefer" },
+                { "postgresql:///d?host=/nonexistent-dtask-test&gssencmode=prefer", "prefer" },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char *v = connect_params_value(cases[i].conninfo, "gssencmode");
+                assert_non_null(v);
+                assert_string_equal(v, cases[i].expected);
+                free(v);
+        }
+        /* the other defaults stay overridable as well */
+        char *v = connect_params_value("host=/nonexistent-dtask-test dbname=d client_encoding=LATIN1", "client_encoding");
+        assert_non_null(v);
+        assert_string_equal(v, "LATIN1");
+        free(v);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_npgsql_basic),
@@ -334,6 +379,7 @@ int main(void) {
                 cmocka_unit_test(test_redact),
                 cmocka_unit_test(test_redact_never_leaks),
                 cmocka_unit_test(test_sqlstate_null),
+                cmocka_unit_test(test_connect_params_gssencmode),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

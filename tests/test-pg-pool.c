@@ -2,7 +2,7 @@
 /* PgPool against a real PostgreSQL (DTASK_DATABASE_URL, exported by `tools/dev test`;
  * skipped when unset): concurrent parameterized queries, deadlines, SQL errors with
  * SQLSTATE, transactions that commit and roll back, prepared statements (also after a
- * schema change), the bounded queue, cancellation,
+ * schema change), connections opened on demand, the bounded queue, cancellation,
  * an unreachable server, freeing the pool from a callback, Npgsql connection strings. */
 
 #include <setjmp.h>
@@ -370,6 +370,47 @@ static void test_transaction(void **state) {
         assert_int_equal(pg_pool_transaction(p, NULL, 1, 0, outcome_cb, &o, NULL), -EINVAL);
 }
 
+/* ---- connections opened on demand ---- */
+
+static void test_grows_on_demand(void **state) {
+        _cleanup_(pg_pool_freep) PgPool *p = pool_new(database_url, 4, 0);
+        static const char count[] =
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = current_setting('application_name')";
+        Outcome o[8] = {};
+        unsigned done = 0;
+        char pids[8][16];
+        unsigned n_pids = 0;
+
+        /* Idle, one session. */
+        Outcome first = query(p, count, 0, NULL, 0);
+        assert_int_equal(first.error, 0);
+        assert_string_equal(first.value, "1");
+
+        /* Queries that wait make the pool open more, never more than its size. */
+        for (unsigned i = 0; i < ELEMENTSOF(o); i++)
+                assert_int_equal(pg_pool_query(p, "SELECT pg_backend_pid() FROM pg_sleep(0.3)", 0, NULL, 0, outcome_cb,
+                                               &o[i], NULL),
+                                 0);
+        while (done < ELEMENTSOF(o)) {
+                assert_true(sd_event_run(event, USEC_PER_SEC) >= 0);
+                done = 0;
+                for (unsigned i = 0; i < ELEMENTSOF(o); i++)
+                        done += o[i].calls;
+        }
+        for (unsigned i = 0; i < ELEMENTSOF(o); i++) {
+                bool known = false;
+
+                assert_int_equal(o[i].error, 0);
+                for (unsigned j = 0; j < n_pids; j++)
+                        known = known || streq(pids[j], o[i].value);
+                if (!known)
+                        snprintf(pids[n_pids++], sizeof pids[0], "%s", o[i].value);
+        }
+        assert_int_equal(n_pids, 4);
+        Outcome after = query(p, count, 0, NULL, 0);
+        assert_string_equal(after.value, "4");
+}
+
 /* ---- prepared statements ---- */
 
 static void test_prepared_statements(void **state) {
@@ -640,6 +681,7 @@ int main(void) {
                 cmocka_unit_test(test_sql_errors),
                 cmocka_unit_test(test_transaction),
                 cmocka_unit_test(test_prepared_statements),
+                cmocka_unit_test(test_grows_on_demand),
                 cmocka_unit_test(test_queue_bound_cancel_free),
                 cmocka_unit_test(test_free_from_callback),
                 cmocka_unit_test(test_unreachable),

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* PgPool: N asynchronous libpq connections on sd-event, a bounded FIFO of waiting
- * queries, a deadline per query, and reconnection in the background.
+/* PgPool: up to N asynchronous libpq connections on sd-event, opened as the load needs
+ * them, a bounded FIFO of waiting queries, a deadline per query, and reconnection in the
+ * background.
  *
  * Life of a query: pg_pool_query() copies the statement, arms the deadline timer and
  * appends it to the queue; the dispatch defer source hands queued queries to idle
@@ -99,6 +100,7 @@ struct PgConn {
         char description[32];
         PgLink link;
         PgQuery *query;
+        bool started;  /* opened once; from then on it reconnects by itself */
         bool setup;    /* PG_SESSION_SETUP_SQL in flight */
         bool flushing; /* PQflush() returned 1: waiting for EPOLLOUT */
 
@@ -548,6 +550,30 @@ static bool conn_preflight(PgConn *c) {
         return true;
 }
 
+static void conn_open(PgConn *c) {
+        c->started = true;
+        pg_link_start(&c->link);
+}
+
+/* Connections are opened when needed: one at first, another whenever queries wait while
+ * the server is reachable and no new session is on its way already, up to the size. */
+static void pool_grow(PgPool *p) {
+        PgConn *next = NULL;
+
+        if (!p->queue_head || !pg_pool_is_connected(p))
+                return;
+        for (unsigned i = 0; i < p->size; i++) {
+                PgConn *c = &p->conns[i];
+
+                if (c->started && (c->link.state == PG_LINK_CONNECTING || c->setup))
+                        return;
+                if (!c->started && !next)
+                        next = c;
+        }
+        if (next)
+                conn_open(next);
+}
+
 static int pool_dispatch(sd_event_source *s, void *userdata) {
         PgPool *p = userdata;
 
@@ -594,6 +620,7 @@ static int pool_dispatch(sd_event_source *s, void *userdata) {
                 return 0;
         }
 
+        pool_grow(p);
         return 0;
 }
 
@@ -781,9 +808,8 @@ int pg_pool_new(PgPool **ret, sd_event *event, const char *conninfo, const PgPoo
                              conn_on_up, conn_on_io, c);
         }
 
-        log_debug("PostgreSQL pool for %s: %u connections", p->redacted, p->size);
-        for (unsigned i = 0; i < p->size; i++)
-                pg_link_start(&p->conns[i].link);
+        log_debug("PostgreSQL pool for %s: up to %u connections", p->redacted, p->size);
+        conn_open(&p->conns[0]);
 
         *ret = TAKE_PTR(p);
         return 0;

@@ -7,8 +7,9 @@
 #include "macro.h"
 
 /* Asynchronous PostgreSQL on sd-event: a small pool of non-blocking libpq
- * connections (PQconnectStart/PQconnectPoll, PQsendQueryParams, PQconsumeInput),
- * queries queued while all connections are busy, each with a deadline. A
+ * connections (PQconnectStart/PQconnectPoll, prepared statements, PQconsumeInput),
+ * opened as queries come to wait for one, up to the pool's size; queries are
+ * queued while all connections are busy, each with a deadline. A
  * connection that breaks is re-established in the background with backoff, so
  * the pool recovers by itself after the server restarts. Queries are always
  * parameterized; SQL is never built from strings. */
@@ -25,7 +26,7 @@ typedef struct PgQuery PgQuery;
 typedef void (*PgCallback)(PgPool *pool, const PGresult *result, int error, void *userdata);
 
 typedef struct PgPoolSettings {
-        unsigned size;                 /* connections, 0: 4 */
+        unsigned size;                 /* connections at most (opened when queries wait), 0: 4 */
         uint64_t default_timeout_usec; /* query deadline when a query passes 0; 0: 10 s */
         unsigned max_queued;           /* bounded queue of waiting queries, 0: 1024; beyond → -EAGAIN */
 } PgPoolSettings;

@@ -75,6 +75,7 @@ struct Sandbox {
         Runner *runners[_LANGUAGE_MAX];
         char **base_args; /* bwrap options common to every run */
         unsigned next_slot;
+        uint8_t *slot_used; /* per slot: we made its cgroup, sandbox_free() removes it */
         SandboxRun *runs;
 };
 
@@ -513,11 +514,37 @@ static int open_private_dir(const char *path, mode_t mode, char **ret_error) {
         return TAKE_FD(fd);
 }
 
+/* The cgroups of the slots we used, as far as no one else is using the slot right now (the
+ * slot range is shared by every worker of the host): nothing of ours stays behind. */
+static void slots_remove_cgroups(Sandbox *sb) {
+        unsigned n = sb->slot_used ? sandbox_slots(sb) : 0;
+
+        for (unsigned i = 0; i < n; i++) {
+                char lock_name[48], slot_name[32];
+                _cleanup_close_ int fd = -EBADF;
+                uid_t uid = sb->settings.uid_min + i;
+                int k;
+
+                if (!sb->slot_used[i] || sb->runtime_fd < 0 || !sb->cgroup_root)
+                        continue;
+                snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
+                snprintf(slot_name, sizeof slot_name, "slot-%u", (unsigned) uid);
+                fd = openat(sb->runtime_fd, lock_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+                if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+                        continue;
+                k = cgroup_trim(sb->cgroup_root, slot_name, TRIM_TIMEOUT_USEC);
+                if (k < 0)
+                        log_debug_errno(k, "Failed to remove the cgroup of slot %u: %m", (unsigned) uid);
+        }
+}
+
 Sandbox *sandbox_free(Sandbox *sb) {
         if (!sb)
                 return NULL;
         while (sb->runs)
                 sandbox_run_free(sb->runs);
+        slots_remove_cgroups(sb);
+        free(sb->slot_used);
         for (Language l = 0; l < _LANGUAGE_MAX; l++)
                 runner_free(sb->runners[l]);
         cgroup_root_free(sb->cgroup_root);
@@ -568,6 +595,9 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         r = check_uid_range(s->uid_min, s->uid_max, ret_error);
         if (r < 0)
                 return r;
+        sb->slot_used = calloc(sandbox_slots(sb), 1);
+        if (!sb->slot_used)
+                return -ENOMEM;
 
         sb->bwrap = strdup(s->bwrap_path ?: DEFAULT_BWRAP);
         sb->runtime_dir = strdup(s->runtime_dir ?: DEFAULT_RUNTIME_DIR);
@@ -644,6 +674,17 @@ unsigned sandbox_slots(const Sandbox *sb) {
 /* ---------------------------------------------------------------------------------------- */
 /* slots */
 
+/* The slot's cgroup for the next phase of a run: emptied, limits applied, statistics from zero. */
+static int slot_open_cgroup(Sandbox *sb, const char *slot_name, CGroup **ret) {
+        CGroupLimits limits = {
+                .memory_max = sb->settings.memory_max,
+                .pids_max = sb->settings.pids_max,
+                .cpu_quota_percent = sb->settings.cpu_quota_percent,
+        };
+
+        return cgroup_open_slot(sb->cgroup_root, slot_name, &limits, TRIM_TIMEOUT_USEC, ret);
+}
+
 static int slot_acquire(Sandbox *sb, SandboxRun *r) {
         unsigned n = sandbox_slots(sb);
 
@@ -653,6 +694,7 @@ static int slot_acquire(Sandbox *sb, SandboxRun *r) {
                 char lock_name[48], slot_name[32];
                 _cleanup_free_ char *workdir = NULL;
                 _cleanup_close_ int fd = -EBADF;
+                CGroup *cg = NULL;
                 int k;
 
                 snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
@@ -667,10 +709,12 @@ static int slot_acquire(Sandbox *sb, SandboxRun *r) {
                         return -errno;
                 }
 
-                /* We own the slot: whatever is left of it comes from a crashed predecessor. */
+                /* We own the slot: whatever is left of it comes from a crashed predecessor. Its
+                 * cgroup is kept from run to run; opening it kills what is still in it. */
                 if (asprintf(&workdir, "%s/%s", sb->runtime_dir, slot_name) < 0)
                         return -ENOMEM;
-                k = cgroup_trim(sb->cgroup_root, slot_name, TRIM_TIMEOUT_USEC);
+                sb->slot_used[idx] = true;
+                k = slot_open_cgroup(sb, slot_name, &cg);
                 if (k >= 0)
                         k = kill_uid(uid);
                 if (k >= 0)
@@ -678,10 +722,12 @@ static int slot_acquire(Sandbox *sb, SandboxRun *r) {
                 if (k < 0) {
                         log_warning_errno(k, "Slot %u has leftovers that cannot be cleaned up, skipping it: %m",
                                           (unsigned) uid);
+                        cg = cgroup_free(cg);
                         continue;
                 }
 
                 sb->next_slot = (idx + 1) % n;
+                r->cgroup = TAKE_PTR(cg);
                 r->uid = uid;
                 r->lock_fd = TAKE_FD(fd);
                 memcpy(r->slot_name, slot_name, sizeof slot_name);
@@ -692,6 +738,7 @@ static int slot_acquire(Sandbox *sb, SandboxRun *r) {
 }
 
 static void slot_release(SandboxRun *r) {
+        r->cgroup = cgroup_free(r->cgroup); /* closes it; the group stays, empty */
         /* closing the fd drops the flock */
         r->lock_fd = safe_close(r->lock_fd);
 }
@@ -1132,9 +1179,7 @@ static void phase_cleanup_sync(SandboxRun *r) {
                         (void) cgroup_kill(r->cgroup);
                         (void) usleep(5000);
                 }
-                k = cgroup_remove(r->cgroup);
-                if (k < 0)
-                        log_warning_errno(k, "Failed to remove cgroup %s: %m", cgroup_path(r->cgroup));
+                /* the slot's group stays; the next run in the slot checks that it is empty */
                 r->cgroup = cgroup_free(r->cgroup);
         }
         k = workdir_destroy(&r->workdir);
@@ -1501,11 +1546,6 @@ static int phase_prepare_workdir(SandboxRun *r, RunPhase phase) {
 
 static int phase_begin(SandboxRun *r, RunPhase phase) {
         Sandbox *sb = r->sandbox;
-        CGroupLimits limits = {
-                .memory_max = sb->settings.memory_max,
-                .pids_max = sb->settings.pids_max,
-                .cpu_quota_percent = sb->settings.cpu_quota_percent,
-        };
         char *const *cmd = phase == PHASE_BUILD ? r->runner->compile_argv : r->runner->run_argv;
         int k;
 
@@ -1523,14 +1563,10 @@ static int phase_begin(SandboxRun *r, RunPhase phase) {
                 goto fail;
         }
 
-        k = cgroup_new(sb->cgroup_root, r->slot_name, &limits, &r->cgroup);
-        if (k == -EEXIST) {
-                k = cgroup_trim(sb->cgroup_root, r->slot_name, TRIM_TIMEOUT_USEC);
-                if (k >= 0)
-                        k = cgroup_new(sb->cgroup_root, r->slot_name, &limits, &r->cgroup);
-        }
+        /* the first phase has it from slot_acquire() */
+        k = r->cgroup ? 0 : slot_open_cgroup(sb, r->slot_name, &r->cgroup);
         if (k < 0) {
-                run_set_error(r, k, "Failed to create the cgroup %s of the run: %m", r->slot_name);
+                run_set_error(r, k, "Failed to set up the cgroup %s of the run: %m", r->slot_name);
                 goto fail;
         }
 
@@ -1578,14 +1614,7 @@ static void phase_end(SandboxRun *r) {
                 } else
                         log_warning_errno(k, "Failed to read the statistics of cgroup %s: %m", cgroup_path(r->cgroup));
 
-                for (unsigned i = 0; i < 50; i++) {
-                        k = cgroup_remove(r->cgroup);
-                        if (k != -EBUSY)
-                                break;
-                        (void) usleep(1000);
-                }
-                if (k < 0)
-                        log_warning_errno(k, "Failed to remove cgroup %s (left for later): %m", cgroup_path(r->cgroup));
+                /* empty now (phase_settle()); kept for the slot's next run */
                 r->cgroup = cgroup_free(r->cgroup);
         }
 

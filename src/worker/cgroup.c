@@ -931,6 +931,9 @@ int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *lim
         return 0;
 }
 
+_Static_assert(_CGROUP_CONTROLLER_MAX <= CGROUP_PROCS_FDS_MAX,
+               "cgroup_procs_fds() may return more than CGROUP_PROCS_FDS_MAX");
+
 size_t cgroup_procs_fds(const CGroup *cg, const int **ret) {
         *ret = cg->procs_fds;
         return cg->n;

@@ -82,6 +82,8 @@ int cgroup_trim(CGroupRoot *root, const char *name, uint64_t timeout_usec);
 CGroup *cgroup_free(CGroup *cg);
 DEFINE_TRIVIAL_CLEANUP_FUNC(CGroup *, cgroup_free);
 
+/* The most fds cgroup_procs_fds() returns. */
+#define CGROUP_PROCS_FDS_MAX 4
 /* The cgroup.procs fds (O_CLOEXEC, one per hierarchy) a forked child writes "0" to. */
 size_t cgroup_procs_fds(const CGroup *cg, const int **ret);
 /* For the forked child, async-signal-safe: moves the calling process into the group. */

@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 
 #include <sodium.h>
@@ -31,6 +32,11 @@
 #define SETTLE_INTERVAL_USEC (5 * USEC_PER_MSEC)
 #define SETTLE_TIMEOUT_USEC (10 * USEC_PER_SEC)
 #define TRIM_TIMEOUT_USEC (2 * USEC_PER_SEC)
+/* The go message of a stem (see Stem): its size bounds the command line a stem can take;
+ * below the pipe's capacity, so that writing it never blocks. */
+#define STEM_MSG_MAX (48 * 1024)
+#define STEM_ARGC_MAX 1024
+#define STEM_MAGIC 0x6d657473u
 /* The first thing the sandboxed shell does: tell us the sandbox is set up (fd 3), close it. */
 #define READY_SHIM "printf x >&3 && exec 3>&- && exec \"$@\""
 
@@ -64,6 +70,31 @@ const char *sandbox_verdict_to_string(SandboxVerdict v) {
         return v >= 0 && v < _SANDBOX_VERDICT_MAX ? verdict_names[v] : NULL;
 }
 
+/* A slot taken ahead of the next run, with a child already forked into the slot's cgroup and
+ * waiting for its command line (the "go" message) to exec bubblewrap. Joining a cgroup is the
+ * expensive step of starting a run: on cgroup v1 the first write to cgroup.procs after a pause
+ * waits for an RCU grace period (the kernel's cgroup_threadgroup_rwsem), milliseconds; a stem
+ * does it while the worker is idle or the previous run is still going. It is root and has
+ * nothing of any run until the go message; it exits on EOF of its control pipe and dies with
+ * us (PR_SET_PDEATHSIG). */
+typedef struct Stem {
+        /* the slot */
+        uid_t uid;
+        int lock_fd;
+        char slot_name[32];
+        char *workdir_path;
+        CGroup *cgroup;
+        /* the child */
+        pid_t pid;
+        int pidfd;
+        int ctl_fd;                                    /* the go message; closing it makes the stem exit */
+        int stdin_fd, stdout_fd, stderr_fd, status_fd; /* our ends of its pipes */
+} Stem;
+
+#define STEM_NULL                                                                                           \
+        ((Stem) { .lock_fd = -EBADF, .pidfd = -EBADF, .ctl_fd = -EBADF, .stdin_fd = -EBADF,                 \
+                  .stdout_fd = -EBADF, .stderr_fd = -EBADF, .status_fd = -EBADF })
+
 struct Sandbox {
         SandboxSettings settings;
         char *runtime_dir;
@@ -76,6 +107,10 @@ struct Sandbox {
         char **base_args; /* bwrap options common to every run */
         unsigned next_slot;
         uint8_t *slot_used; /* per slot: we made its cgroup, sandbox_free() removes it */
+        Stem stem;                   /* for the next run, when .pid > 0 */
+        sd_event_source *stem_event; /* prepares the stem when the loop is idle */
+        char *stem_buf;              /* STEM_MSG_MAX bytes, and STEM_ARGC_MAX pointers, for the stem */
+        char **stem_argv;
         SandboxRun *runs;
 };
 
@@ -113,6 +148,7 @@ struct SandboxRun {
         int lock_fd;
         char slot_name[32];
         char *workdir_path;
+        Stem stem; /* from the sandbox, until the first phase starts it (.pid and the fds only) */
 
         /* C# build cache */
         bool use_cache;
@@ -149,6 +185,8 @@ struct SandboxRun {
 
         SandboxResult result;
 };
+
+static void stem_discard(Stem *s);
 
 /* ---------------------------------------------------------------------------------------- */
 /* settings */
@@ -543,6 +581,10 @@ Sandbox *sandbox_free(Sandbox *sb) {
                 return NULL;
         while (sb->runs)
                 sandbox_run_free(sb->runs);
+        sb->stem_event = sd_event_source_disable_unref(sb->stem_event);
+        stem_discard(&sb->stem);
+        free(sb->stem_buf);
+        free(sb->stem_argv);
         slots_remove_cgroups(sb);
         free(sb->slot_used);
         for (Language l = 0; l < _LANGUAGE_MAX; l++)
@@ -588,6 +630,7 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         if (!sb)
                 return -ENOMEM;
         sb->runtime_fd = sb->cache_fd = -EBADF;
+        sb->stem = STEM_NULL;
         sb->settings = *s;
         sb->settings.cgroup_root = sb->settings.runtime_dir = sb->settings.cache_dir = sb->settings.bwrap_path = NULL;
         sb->settings.runners = (RunnerSettings) {};
@@ -596,7 +639,9 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         if (r < 0)
                 return r;
         sb->slot_used = calloc(sandbox_slots(sb), 1);
-        if (!sb->slot_used)
+        sb->stem_buf = malloc(STEM_MSG_MAX);
+        sb->stem_argv = calloc(STEM_ARGC_MAX, sizeof(char *));
+        if (!sb->slot_used || !sb->stem_buf || !sb->stem_argv)
                 return -ENOMEM;
 
         sb->bwrap = strdup(s->bwrap_path ?: DEFAULT_BWRAP);
@@ -685,7 +730,9 @@ static int slot_open_cgroup(Sandbox *sb, const char *slot_name, CGroup **ret) {
         return cgroup_open_slot(sb->cgroup_root, slot_name, &limits, TRIM_TIMEOUT_USEC, ret);
 }
 
-static int slot_acquire(Sandbox *sb, SandboxRun *r) {
+/* Takes a free slot and cleans up what a crashed predecessor left of it: fills the slot part
+ * of ret. */
+static int slot_acquire(Sandbox *sb, Stem *ret) {
         unsigned n = sandbox_slots(sb);
 
         for (unsigned i = 0; i < n; i++) {
@@ -727,17 +774,27 @@ static int slot_acquire(Sandbox *sb, SandboxRun *r) {
                 }
 
                 sb->next_slot = (idx + 1) % n;
-                r->cgroup = TAKE_PTR(cg);
-                r->uid = uid;
-                r->lock_fd = TAKE_FD(fd);
-                memcpy(r->slot_name, slot_name, sizeof slot_name);
-                r->workdir_path = TAKE_PTR(workdir);
+                ret->cgroup = TAKE_PTR(cg);
+                ret->uid = uid;
+                ret->lock_fd = TAKE_FD(fd);
+                memcpy(ret->slot_name, slot_name, sizeof slot_name);
+                ret->workdir_path = TAKE_PTR(workdir);
                 return 0;
         }
         return -EBUSY;
 }
 
+/* The slot part of s goes to the run. */
+static void slot_give(SandboxRun *r, Stem *s) {
+        r->uid = s->uid;
+        r->lock_fd = TAKE_FD(s->lock_fd);
+        memcpy(r->slot_name, s->slot_name, sizeof r->slot_name);
+        r->workdir_path = TAKE_PTR(s->workdir_path);
+        r->cgroup = TAKE_PTR(s->cgroup);
+}
+
 static void slot_release(SandboxRun *r) {
+        stem_discard(&r->stem); /* a stem that was not used */
         r->cgroup = cgroup_free(r->cgroup); /* closes it; the group stays, empty */
         /* closing the fd drops the flock */
         r->lock_fd = safe_close(r->lock_fd);
@@ -861,6 +918,7 @@ enum {
         STEP_CREDENTIALS,
         STEP_PRCTL,
         STEP_PARENT,
+        STEP_GO,
         STEP_EXEC,
         _STEP_MAX,
 };
@@ -874,11 +932,15 @@ static const char *const step_names[_STEP_MAX] = {
         [STEP_CREDENTIALS] = "switching UID/GID",
         [STEP_PRCTL] = "prctl",
         [STEP_PARENT] = "parent died",
+        [STEP_GO] = "reading the command line",
         [STEP_EXEC] = "executing bubblewrap",
 };
 
 typedef struct ChildSetup {
         int stdin_fd, stdout_fd, stderr_fd, status_fd;
+        int ctl_fd; /* a stem: the go message comes from here (see Stem); else -EBADF */
+        char *msg_buf;
+        char **msg_argv;
         const int *cgroup_fds;
         size_t n_cgroup_fds;
         uid_t uid;
@@ -914,22 +976,95 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
         if (setsid() < 0)
                 child_fail(status_fd, STEP_SETSID, errno);
 
-        /* into the run's cgroup while still root: from here on every descendant is in it */
-        if (cgroup_join_self(c->cgroup_fds, c->n_cgroup_fds) < 0)
-                child_fail(status_fd, STEP_CGROUP, errno);
+        if (c->ctl_fd >= 0) {
+                /* A stem waits, maybe long: it keeps nothing of other runs (their pipes' ends
+                 * would hold off their EOF). Only 0-3 as below, the control fd at 4 and the
+                 * cgroup fds from 5 on stay. */
+                int base = 5 + (int) c->n_cgroup_fds, src[2 + CGROUP_PROCS_FDS_MAX];
 
-        /* All our fds are >= 3 (make_pipe), so 0-2 can be overwritten blindly. The status fd
-         * goes to 3 without CLOEXEC: it reports a failure before the exec, and bubblewrap passes
-         * it on to the shim inside, which reports that the sandbox is up (READY_SHIM). */
-        if (dup2(c->stdin_fd, STDIN_FILENO) < 0 || dup2(c->stdout_fd, STDOUT_FILENO) < 0 ||
-            dup2(c->stderr_fd, STDERR_FILENO) < 0)
-                child_fail(status_fd, STEP_FDS, errno);
-        if (status_fd != 3) {
-                if (dup2(status_fd, 3) < 0)
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+                        child_fail(status_fd, STEP_PRCTL, errno);
+                if (getppid() != c->parent)
+                        child_fail(status_fd, STEP_PARENT, ESRCH);
+                if (dup2(c->stdin_fd, STDIN_FILENO) < 0 || dup2(c->stdout_fd, STDOUT_FILENO) < 0 ||
+                    dup2(c->stderr_fd, STDERR_FILENO) < 0)
                         child_fail(status_fd, STEP_FDS, errno);
+                /* first above the targets, so that no dup2() below overwrites a source */
+                src[0] = status_fd;
+                src[1] = c->ctl_fd;
+                for (size_t i = 0; i < c->n_cgroup_fds; i++)
+                        src[2 + i] = c->cgroup_fds[i];
+                for (size_t i = 0; i < 2 + c->n_cgroup_fds; i++) {
+                        src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, base);
+                        if (src[i] < 0)
+                                child_fail(status_fd, STEP_FDS, errno);
+                }
+                for (size_t i = 0; i < 2 + c->n_cgroup_fds; i++)
+                        if (dup2(src[i], 3 + (int) i) < 0)
+                                child_fail(src[0], STEP_FDS, errno);
                 status_fd = 3;
-        } else if (fcntl(3, F_SETFD, 0) < 0)
-                child_fail(status_fd, STEP_FDS, errno);
+                if (close_range((unsigned) base, ~0U, 0) < 0)
+                        child_fail(status_fd, STEP_FDS, errno);
+                for (size_t i = 0; i < c->n_cgroup_fds; i++)
+                        src[2 + i] = 5 + (int) i;
+
+                /* into the slot's cgroup while still root: from here on every descendant is in it */
+                if (cgroup_join_self(src + 2, c->n_cgroup_fds) < 0)
+                        child_fail(status_fd, STEP_CGROUP, errno);
+        } else {
+                /* into the run's cgroup while still root: from here on every descendant is in it */
+                if (cgroup_join_self(c->cgroup_fds, c->n_cgroup_fds) < 0)
+                        child_fail(status_fd, STEP_CGROUP, errno);
+
+                /* All our fds are >= 3 (make_pipe), so 0-2 can be overwritten blindly. The status
+                 * fd goes to 3 without CLOEXEC: it reports a failure before the exec, and
+                 * bubblewrap passes it on to the shim inside, which reports that the sandbox is
+                 * up (READY_SHIM). */
+                if (dup2(c->stdin_fd, STDIN_FILENO) < 0 || dup2(c->stdout_fd, STDOUT_FILENO) < 0 ||
+                    dup2(c->stderr_fd, STDERR_FILENO) < 0)
+                        child_fail(status_fd, STEP_FDS, errno);
+                if (status_fd != 3) {
+                        if (dup2(status_fd, 3) < 0)
+                                child_fail(status_fd, STEP_FDS, errno);
+                        status_fd = 3;
+                } else if (fcntl(3, F_SETFD, 0) < 0)
+                        child_fail(status_fd, STEP_FDS, errno);
+        }
+
+        if (c->ctl_fd >= 0) {
+                /* the go message: magic, size, then the command line as NUL-terminated strings */
+                uint32_t hdr[2];
+                size_t got = 0, argc = 0;
+
+                for (char *p = (char *) hdr; got < sizeof hdr;) {
+                        ssize_t k = read(4, p + got, sizeof hdr - got);
+                        if (k < 0 && errno == EINTR)
+                                continue;
+                        if (k == 0 && got == 0)
+                                _exit(0); /* not needed after all */
+                        if (k <= 0)
+                                child_fail(status_fd, STEP_GO, k < 0 ? errno : EPIPE);
+                        got += (size_t) k;
+                }
+                if (hdr[0] != STEM_MAGIC || hdr[1] == 0 || hdr[1] > STEM_MSG_MAX)
+                        child_fail(status_fd, STEP_GO, EBADMSG);
+                for (got = 0; got < hdr[1];) {
+                        ssize_t k = read(4, c->msg_buf + got, hdr[1] - got);
+                        if (k < 0 && errno == EINTR)
+                                continue;
+                        if (k <= 0)
+                                child_fail(status_fd, STEP_GO, k < 0 ? errno : EPIPE);
+                        got += (size_t) k;
+                }
+                if (c->msg_buf[hdr[1] - 1] != '\0')
+                        child_fail(status_fd, STEP_GO, EBADMSG);
+                for (size_t i = 0; i < hdr[1]; i += strlen(c->msg_buf + i) + 1) {
+                        if (argc >= STEM_ARGC_MAX - 1)
+                                child_fail(status_fd, STEP_GO, E2BIG);
+                        c->msg_argv[argc++] = c->msg_buf + i;
+                }
+                c->msg_argv[argc] = NULL;
+        }
         if (close_range(4, ~0U, 0) < 0)
                 child_fail(status_fd, STEP_FDS, errno);
 
@@ -959,8 +1094,180 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 child_fail(status_fd, STEP_PARENT, ESRCH);
 
         umask(0077);
-        execve(c->bwrap, c->argv, envp);
+        execve(c->bwrap, c->ctl_fd >= 0 ? c->msg_argv : c->argv, envp);
         child_fail(status_fd, STEP_EXEC, errno);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* stems (see Stem) */
+
+/* Kills the child (if any), reaps it, gives the slot back. */
+static void stem_discard(Stem *s) {
+        s->ctl_fd = safe_close(s->ctl_fd);
+        if (s->pid > 0) {
+                siginfo_t si;
+
+                if (s->pidfd >= 0)
+                        (void) pidfd_send_signal_(s->pidfd, SIGKILL);
+                while (waitid(P_PID, (id_t) s->pid, &si, WEXITED) < 0 && errno == EINTR)
+                        ;
+                s->pid = 0;
+        }
+        s->pidfd = safe_close(s->pidfd);
+        s->stdin_fd = safe_close(s->stdin_fd);
+        s->stdout_fd = safe_close(s->stdout_fd);
+        s->stderr_fd = safe_close(s->stderr_fd);
+        s->status_fd = safe_close(s->status_fd);
+        s->cgroup = cgroup_free(s->cgroup);
+        s->lock_fd = safe_close(s->lock_fd);
+        s->workdir_path = mfree(s->workdir_path);
+}
+
+/* Takes a slot and forks the stem into its cgroup. */
+static int stem_spawn(Sandbox *sb) {
+        _cleanup_(stem_discard) Stem s = STEM_NULL;
+        int in[2] = { -EBADF, -EBADF }, out[2] = { -EBADF, -EBADF }, err[2] = { -EBADF, -EBADF },
+            st[2] = { -EBADF, -EBADF }, ctl[2] = { -EBADF, -EBADF };
+        ChildSetup c;
+        int k;
+
+        if (sb->stem.pid > 0)
+                return 0;
+
+        k = slot_acquire(sb, &s);
+        if (k < 0)
+                return k;
+
+        if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
+            (k = make_pipe(st)) < 0 || (k = make_pipe(ctl)) < 0)
+                goto finish;
+
+        c = (ChildSetup) {
+                .stdin_fd = in[0],
+                .stdout_fd = out[1],
+                .stderr_fd = err[1],
+                .status_fd = st[1],
+                .ctl_fd = ctl[0],
+                .msg_buf = sb->stem_buf,
+                .msg_argv = sb->stem_argv,
+                .uid = s.uid,
+                .parent = getpid(),
+                .file_size_max = sb->settings.file_size_max,
+                .open_files_max = sb->settings.open_files_max,
+                .nproc_max = 2 * sb->settings.pids_max + 16,
+                .bwrap = sb->bwrap,
+        };
+        c.n_cgroup_fds = cgroup_procs_fds(s.cgroup, &c.cgroup_fds);
+
+        s.pid = fork();
+        if (s.pid < 0) {
+                k = -errno;
+                s.pid = 0;
+                goto finish;
+        }
+        if (s.pid == 0)
+                child_exec(&c);
+
+        s.stdin_fd = TAKE_FD(in[1]);
+        s.stdout_fd = TAKE_FD(out[0]);
+        s.stderr_fd = TAKE_FD(err[0]);
+        s.status_fd = TAKE_FD(st[0]);
+        s.ctl_fd = TAKE_FD(ctl[1]);
+        s.pidfd = pidfd_open_(s.pid);
+        if (s.pidfd < 0) {
+                k = -errno;
+                goto finish;
+        }
+        sb->stem = s;
+        s = STEM_NULL;
+        k = 0;
+
+finish:
+        safe_close(in[0]);
+        safe_close(in[1]);
+        safe_close(out[0]);
+        safe_close(out[1]);
+        safe_close(err[0]);
+        safe_close(err[1]);
+        safe_close(st[0]);
+        safe_close(st[1]);
+        safe_close(ctl[0]);
+        safe_close(ctl[1]);
+        return k;
+}
+
+static int on_stem_event(sd_event_source *source, void *userdata) {
+        Sandbox *sb = userdata;
+        int k;
+
+        k = stem_spawn(sb);
+        if (k < 0)
+                log_debug_errno(k, "Could not prepare the next run's sandbox: %m");
+        return 0;
+}
+
+/* Prepares a stem for the next run once the loop has nothing else to do. */
+static void stem_schedule(Sandbox *sb, sd_event *e) {
+        int k;
+
+        if (sb->stem.pid > 0)
+                return;
+        if (sb->stem_event && sd_event_source_get_event(sb->stem_event) != e)
+                sb->stem_event = sd_event_source_disable_unref(sb->stem_event);
+        if (!sb->stem_event) {
+                k = sd_event_add_defer(e, &sb->stem_event, on_stem_event, sb);
+                if (k >= 0)
+                        k = sd_event_source_set_priority(sb->stem_event, SD_EVENT_PRIORITY_IDLE);
+                if (k < 0) {
+                        log_debug_errno(k, "Could not schedule the next run's sandbox: %m");
+                        sb->stem_event = sd_event_source_disable_unref(sb->stem_event);
+                        return;
+                }
+        }
+        (void) sd_event_source_set_enabled(sb->stem_event, SD_EVENT_ONESHOT);
+}
+
+/* Sends the stem its command line and hands its process and pipes to the run. */
+static int stem_go(SandboxRun *r, char **argv) {
+        Stem *s = &r->stem;
+        size_t size = 0;
+        uint32_t hdr[2];
+        struct iovec iov[2];
+        _cleanup_free_ char *msg = NULL;
+        char *p;
+        ssize_t k;
+
+        for (char **a = argv; *a; a++)
+                size += strlen(*a) + 1;
+        if (size == 0 || size > STEM_MSG_MAX || strv_length(argv) >= STEM_ARGC_MAX)
+                return -E2BIG;
+        msg = malloc(size);
+        if (!msg)
+                return -ENOMEM;
+        p = msg;
+        for (char **a = argv; *a; a++)
+                p = stpcpy(p, *a) + 1;
+
+        hdr[0] = STEM_MAGIC;
+        hdr[1] = (uint32_t) size;
+        iov[0] = (struct iovec) { .iov_base = hdr, .iov_len = sizeof hdr };
+        iov[1] = (struct iovec) { .iov_base = msg, .iov_len = size };
+        /* less than the pipe's capacity: complete at once, or the stem is gone (EPIPE) */
+        k = writev(s->ctl_fd, iov, 2);
+        if (k < 0)
+                return -errno;
+        if ((size_t) k != sizeof hdr + size)
+                return -EIO;
+
+        s->ctl_fd = safe_close(s->ctl_fd);
+        r->pid = s->pid;
+        r->pidfd = TAKE_FD(s->pidfd);
+        r->stdin_fd = TAKE_FD(s->stdin_fd);
+        r->out[0].fd = TAKE_FD(s->stdout_fd);
+        r->out[1].fd = TAKE_FD(s->stderr_fd);
+        r->status_fd = TAKE_FD(s->status_fd);
+        s->pid = 0;
+        return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1153,6 +1460,7 @@ static void phase_end(SandboxRun *r);
 static void phase_cleanup_sync(SandboxRun *r) {
         int k;
 
+        stem_discard(&r->stem);
         stdin_close(r);
         if (r->pid > 0 && !r->child_exited) {
                 siginfo_t si;
@@ -1437,6 +1745,15 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         if (k < 0)
                 return k;
 
+        if (r->stem.pid > 0) {
+                k = stem_go(r, argv);
+                if (k >= 0)
+                        goto started;
+                log_debug_errno(k, "Sandbox slot %u: the prepared child is not usable, forking another: %m",
+                                (unsigned) r->uid);
+                stem_discard(&r->stem);
+        }
+
         if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
             (k = make_pipe(st)) < 0)
                 goto fail;
@@ -1446,6 +1763,7 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
                 .stdout_fd = out[1],
                 .stderr_fd = err[1],
                 .status_fd = st[1],
+                .ctl_fd = -EBADF,
                 .uid = r->uid,
                 .parent = getpid(),
                 .file_size_max = sb->settings.file_size_max,
@@ -1478,6 +1796,7 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         if (r->pidfd < 0)
                 return -errno; /* the caller cleans up, killing pid */
 
+started:
         if ((k = set_nonblock(r->stdin_fd)) < 0 || (k = set_nonblock(r->out[0].fd)) < 0 ||
             (k = set_nonblock(r->out[1].fd)) < 0 || (k = set_nonblock(r->status_fd)) < 0)
                 return k;
@@ -1759,6 +2078,7 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
         if (!r)
                 return -ENOMEM;
         r->lock_fd = r->pidfd = r->status_fd = r->stdin_fd = r->out[0].fd = r->out[1].fd = -EBADF;
+        r->stem = STEM_NULL;
         r->workdir = WORKDIR_NULL;
         r->event = sd_event_ref(e);
         r->callback = cb;
@@ -1784,9 +2104,19 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
                                       ? USEC_INFINITY
                                       : r->start_time + max_runtime;
 
-        k = slot_acquire(sb, r);
-        if (k < 0)
-                return k;
+        if (sb->stem.pid > 0) {
+                /* prepared for us: the slot, and a child in its cgroup (its pipes, pid, pidfd) */
+                slot_give(r, &sb->stem);
+                r->stem = sb->stem;
+                sb->stem = STEM_NULL;
+        } else {
+                Stem slot = STEM_NULL;
+
+                k = slot_acquire(sb, &slot);
+                if (k < 0)
+                        return k;
+                slot_give(r, &slot);
+        }
         r->sandbox = sb;
         r->next = sb->runs;
         if (sb->runs)
@@ -1829,6 +2159,9 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
         /* from here on, failures are reported through the callback, with their reason */
         if (phase_begin(r, first) < 0)
                 run_finish(r);
+
+        /* the next run's slot and child, while this one runs */
+        stem_schedule(sb, e);
 
         *ret = TAKE_PTR(r);
         return 0;

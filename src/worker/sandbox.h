@@ -23,6 +23,11 @@
  * process of the run is gone, the cgroup empty and the working directory removed.
  * sandbox_free() removes the cgroups of the slots it used (those no other process holds).
  *
+ * The next run is prepared while the loop is idle (typically while the current run goes on):
+ * a slot is taken and cleaned up and a child forked into its cgroup, where it waits to become
+ * the next run's bubblewrap. So one slot of the range stays taken by each idle sandbox, and
+ * the process has one more child (root, in that slot's cgroup, holding nothing of any run).
+ *
  * Process requirements and side effects of sandbox_new(): runs as root; SIGCHLD must not be
  * SIG_IGN (children are reaped through pidfds, so SIGCHLD need not be blocked); SIGPIPE is
  * set to SIG_IGN if it is still SIG_DFL (stdin of a program that exits early); the process

@@ -743,6 +743,74 @@ static void test_slot_cgroup_leftover(void **state) {
         assert_string_equal(read_str(path), "");
 }
 
+/* The next run's child is prepared while a run goes on (a root process waiting in a free
+ * slot's cgroup, holding nothing of any run); sandbox_free() kills it and removes the slots'
+ * cgroups. */
+static void test_prepared_child(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *two = NULL;
+        _cleanup_free_ char *error = NULL, *root = NULL;
+        SandboxSettings s;
+        SandboxResult res = {};
+        char path[2][512], *procs;
+        pid_t stem = 0;
+        uid_t first;
+        int n = 0;
+
+        test_settings(&s);
+        s.uid_min = TEST_UID_SINGLE + 3;
+        s.uid_max = TEST_UID_SINGLE + 4;
+        if (sandbox_new(&s, &two, &error) < 0)
+                fail_msg("%s", strna(error));
+        root = strdup(sandbox_cgroup_root(two));
+        assert_non_null(root);
+        for (unsigned i = 0; i < 2; i++)
+                snprintf(path[i], sizeof path[i], "%s/slot-%u", root, (unsigned) (s.uid_min + i));
+
+        /* a run of some length: the child for the next one is made meanwhile, in the other slot */
+        run_full(two, LANGUAGE_PYTHON, "import time\ntime.sleep(0.5)\nprint(1, end='')\n", NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        for (unsigned i = 0; i < 2; i++) {
+                char p[600];
+
+                snprintf(p, sizeof p, "%s/cgroup.procs", path[i]);
+                procs = read_str(p);
+                assert_non_null(procs);
+                if (s.uid_min + i == res.uid)
+                        assert_string_equal(procs, "");
+                else {
+                        char status[64], *line;
+
+                        stem = (pid_t) atoi(procs);
+                        assert_true(stem > 0);
+                        assert_ptr_equal(strchr(procs, '\n'), procs + strlen(procs) - 1); /* just one */
+                        snprintf(status, sizeof status, "/proc/%d/status", (int) stem);
+                        line = strstr(read_str(status), "\nUid:");
+                        assert_non_null(line);
+                        assert_int_equal(strtoul(line + 5, NULL, 10), 0);
+                        n++;
+                }
+        }
+        assert_int_equal(n, 1);
+        first = res.uid;
+        sandbox_result_done(&res);
+
+        /* the second run takes it: the other slot, and the child is the run's (gone with it) */
+        run_full(two, LANGUAGE_PYTHON, "import sys\nprint(sys.stdin.read(), end='')\n", "through the stem", 0, 0,
+                 &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_string_equal(res.stdout_data, "through the stem");
+        assert_int_not_equal(res.uid, first);
+        assert_int_equal(kill(stem, 0), -1);
+        assert_clean(&res);
+        sandbox_result_done(&res);
+
+        two = sandbox_free(two);
+        for (unsigned i = 0; i < 2; i++) {
+                assert_int_equal(access(path[i], F_OK), -1);
+                assert_int_equal(processes_of(s.uid_min + i), 0);
+        }
+}
+
 /* Files in /tmp, /dev/shm, the working directory and $HOME of one run are not there in the
  * next run in the same slot (same UID) — nor on the host. */
 static void test_nothing_survives(void **state) {
@@ -1414,6 +1482,7 @@ int main(void) {
                 cmocka_unit_test(test_nothing_survives),
                 cmocka_unit_test(test_verdicts_per_run),
                 cmocka_unit_test(test_slot_cgroup_leftover),
+                cmocka_unit_test(test_prepared_child),
                 cmocka_unit_test(test_py_infinite_output),
                 cmocka_unit_test(test_cs_infinite_output),
                 cmocka_unit_test(test_py_ttl_deadline),

@@ -37,8 +37,6 @@
 #define STEM_MSG_MAX (48 * 1024)
 #define STEM_ARGC_MAX 1024
 #define STEM_MAGIC 0x6d657473u
-/* The first thing the sandboxed shell does: tell us the sandbox is set up (fd 3), close it. */
-#define READY_SHIM "printf x >&3 && exec 3>&- && exec \"$@\""
 
 static const char *const end_names[_SANDBOX_END_MAX] = {
         [SANDBOX_END_EXITED] = "exited",
@@ -89,17 +87,17 @@ typedef struct Stem {
         int pidfd;
         int ctl_fd;                                    /* the go message; closing it makes the stem exit */
         int stdin_fd, stdout_fd, stderr_fd, status_fd; /* our ends of its pipes */
+        int block_fd;                                  /* our read end of its block pipe */
 } Stem;
 
 #define STEM_NULL                                                                                           \
         ((Stem) { .lock_fd = -EBADF, .pidfd = -EBADF, .ctl_fd = -EBADF, .stdin_fd = -EBADF,                 \
-                  .stdout_fd = -EBADF, .stderr_fd = -EBADF, .status_fd = -EBADF })
+                  .stdout_fd = -EBADF, .stderr_fd = -EBADF, .status_fd = -EBADF, .block_fd = -EBADF })
 
 struct Sandbox {
         SandboxSettings settings;
         char *runtime_dir;
         char *bwrap;
-        char *shell;
         int runtime_fd;
         int cache_fd; /* <cache_dir>/csharp, or -EBADF */
         CGroupRoot *cgroup_root;
@@ -163,12 +161,13 @@ struct SandboxRun {
         pid_t pid;
         int pidfd;
         sd_event_source *child_source;
-        int status_fd; /* fd 3 of the child: setup errors before exec, "x" once sandboxed */
+        int status_fd; /* setup errors of the child before its exec of bubblewrap */
+        int block_fd;  /* bubblewrap's --block-fd, see make_block_pipe() */
         Output out[2]; /* stdout, stderr */
         int stdin_fd;
         sd_event_source *stdin_source;
         bool child_exited;
-        bool sandbox_ready; /* the shim in the sandbox reported in: bubblewrap's setup worked */
+        bool sandbox_ready; /* bubblewrap set the sandbox up and went on to start the program */
         siginfo_t child_status;
         usec_t settle_start;
         sd_event_source *settle_timer;
@@ -305,6 +304,25 @@ static int make_pipe(int fds[2]) {
                 safe_close(fds[1]);
                 return r;
         }
+        return 0;
+}
+
+/* The pipe behind bubblewrap's --block-fd: one byte in it, no writer left. Bubblewrap reads the
+ * byte after setting up the sandbox, right before it starts the program; if it is still there
+ * once bubblewrap has exited, bubblewrap gave up before (our end is nonblocking: read() gives
+ * 1 then, 0 otherwise). */
+static int make_block_pipe(int fds[2]) {
+        int k = make_pipe(fds);
+
+        if (k < 0)
+                return k;
+        if (write(fds[1], "x", 1) != 1 || fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0) {
+                k = -errno;
+                fds[0] = safe_close(fds[0]);
+                fds[1] = safe_close(fds[1]);
+                return k;
+        }
+        fds[1] = safe_close(fds[1]);
         return 0;
 }
 
@@ -595,7 +613,6 @@ Sandbox *sandbox_free(Sandbox *sb) {
         safe_close(sb->cache_fd);
         free(sb->runtime_dir);
         free(sb->bwrap);
-        free(sb->shell);
         return mfree(sb);
 }
 
@@ -646,8 +663,7 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
 
         sb->bwrap = strdup(s->bwrap_path ?: DEFAULT_BWRAP);
         sb->runtime_dir = strdup(s->runtime_dir ?: DEFAULT_RUNTIME_DIR);
-        sb->shell = strdup(access("/usr/bin/sh", X_OK) >= 0 ? "/usr/bin/sh" : "/bin/sh");
-        if (!sb->bwrap || !sb->runtime_dir || !sb->shell)
+        if (!sb->bwrap || !sb->runtime_dir)
                 return -ENOMEM;
 
         r = bwrap_version(sb->bwrap, &version);
@@ -938,6 +954,7 @@ static const char *const step_names[_STEP_MAX] = {
 
 typedef struct ChildSetup {
         int stdin_fd, stdout_fd, stderr_fd, status_fd;
+        int block_fd; /* bubblewrap's --block-fd: its byte is there until the sandbox is set up */
         int ctl_fd; /* a stem: the go message comes from here (see Stem); else -EBADF */
         char *msg_buf;
         char **msg_argv;
@@ -961,7 +978,8 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
         static char *const envp[] = { NULL };
         sigset_t none;
         struct rlimit rl;
-        int status_fd = c->status_fd;
+        int status_fd = c->status_fd, src[3 + CGROUP_PROCS_FDS_MAX], cgroup_fds[CGROUP_PROCS_FDS_MAX];
+        size_t n_src = 0;
 
         sigemptyset(&none);
         if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
@@ -977,59 +995,45 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 child_fail(status_fd, STEP_SETSID, errno);
 
         if (c->ctl_fd >= 0) {
-                /* A stem waits, maybe long: it keeps nothing of other runs (their pipes' ends
-                 * would hold off their EOF). Only 0-3 as below, the control fd at 4 and the
-                 * cgroup fds from 5 on stay. */
-                int base = 5 + (int) c->n_cgroup_fds, src[2 + CGROUP_PROCS_FDS_MAX];
-
+                /* a stem waits, maybe long: with us, or not at all */
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
                         child_fail(status_fd, STEP_PRCTL, errno);
                 if (getppid() != c->parent)
                         child_fail(status_fd, STEP_PARENT, ESRCH);
-                if (dup2(c->stdin_fd, STDIN_FILENO) < 0 || dup2(c->stdout_fd, STDOUT_FILENO) < 0 ||
-                    dup2(c->stderr_fd, STDERR_FILENO) < 0)
-                        child_fail(status_fd, STEP_FDS, errno);
-                /* first above the targets, so that no dup2() below overwrites a source */
-                src[0] = status_fd;
-                src[1] = c->ctl_fd;
-                for (size_t i = 0; i < c->n_cgroup_fds; i++)
-                        src[2 + i] = c->cgroup_fds[i];
-                for (size_t i = 0; i < 2 + c->n_cgroup_fds; i++) {
-                        src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, base);
-                        if (src[i] < 0)
-                                child_fail(status_fd, STEP_FDS, errno);
-                }
-                for (size_t i = 0; i < 2 + c->n_cgroup_fds; i++)
-                        if (dup2(src[i], 3 + (int) i) < 0)
-                                child_fail(src[0], STEP_FDS, errno);
-                status_fd = 3;
-                if (close_range((unsigned) base, ~0U, 0) < 0)
-                        child_fail(status_fd, STEP_FDS, errno);
-                for (size_t i = 0; i < c->n_cgroup_fds; i++)
-                        src[2 + i] = 5 + (int) i;
+        }
 
-                /* into the slot's cgroup while still root: from here on every descendant is in it */
-                if (cgroup_join_self(src + 2, c->n_cgroup_fds) < 0)
-                        child_fail(status_fd, STEP_CGROUP, errno);
-        } else {
-                /* into the run's cgroup while still root: from here on every descendant is in it */
-                if (cgroup_join_self(c->cgroup_fds, c->n_cgroup_fds) < 0)
-                        child_fail(status_fd, STEP_CGROUP, errno);
-
-                /* All our fds are >= 3 (make_pipe), so 0-2 can be overwritten blindly. The status
-                 * fd goes to 3 without CLOEXEC: it reports a failure before the exec, and
-                 * bubblewrap passes it on to the shim inside, which reports that the sandbox is
-                 * up (READY_SHIM). */
-                if (dup2(c->stdin_fd, STDIN_FILENO) < 0 || dup2(c->stdout_fd, STDOUT_FILENO) < 0 ||
-                    dup2(c->stderr_fd, STDERR_FILENO) < 0)
-                        child_fail(status_fd, STEP_FDS, errno);
-                if (status_fd != 3) {
-                        if (dup2(status_fd, 3) < 0)
-                                child_fail(status_fd, STEP_FDS, errno);
-                        status_fd = 3;
-                } else if (fcntl(3, F_SETFD, 0) < 0)
+        /* First the fds, so that nothing of other runs is held (their pipes' ends would hold
+         * off their EOF) while the cgroup join waits. All our fds are >= 3 (make_pipe), so 0-2
+         * can be overwritten blindly. Then from 3 on: the block fd (bubblewrap reads its byte
+         * once the sandbox is set up, see make_block_pipe()), the status fd (CLOEXEC: it reports a
+         * failure before the exec, the exec closes it), the control fd of a stem, the cgroup
+         * fds. Those are first copied above their targets, so that no dup2() overwrites one. */
+        if (dup2(c->stdin_fd, STDIN_FILENO) < 0 || dup2(c->stdout_fd, STDOUT_FILENO) < 0 ||
+            dup2(c->stderr_fd, STDERR_FILENO) < 0)
+                child_fail(status_fd, STEP_FDS, errno);
+        src[n_src++] = c->block_fd;
+        src[n_src++] = c->status_fd;
+        if (c->ctl_fd >= 0)
+                src[n_src++] = c->ctl_fd;
+        for (size_t i = 0; i < c->n_cgroup_fds; i++)
+                src[n_src++] = c->cgroup_fds[i];
+        for (size_t i = 0; i < n_src; i++) {
+                src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 3 + (int) n_src);
+                if (src[i] < 0)
                         child_fail(status_fd, STEP_FDS, errno);
         }
+        for (size_t i = 0; i < n_src; i++)
+                if (dup2(src[i], 3 + (int) i) < 0)
+                        child_fail(src[1], STEP_FDS, errno);
+        status_fd = 4;
+        if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0 || close_range(3 + (unsigned) n_src, ~0U, 0) < 0)
+                child_fail(status_fd, STEP_FDS, errno);
+        for (size_t i = 0; i < c->n_cgroup_fds; i++)
+                cgroup_fds[i] = 3 + (int) n_src - (int) c->n_cgroup_fds + (int) i;
+
+        /* into the slot's cgroup while still root: from here on every descendant is in it */
+        if (cgroup_join_self(cgroup_fds, c->n_cgroup_fds) < 0)
+                child_fail(status_fd, STEP_CGROUP, errno);
 
         if (c->ctl_fd >= 0) {
                 /* the go message: magic, size, then the command line as NUL-terminated strings */
@@ -1037,7 +1041,7 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 size_t got = 0, argc = 0;
 
                 for (char *p = (char *) hdr; got < sizeof hdr;) {
-                        ssize_t k = read(4, p + got, sizeof hdr - got);
+                        ssize_t k = read(5, p + got, sizeof hdr - got);
                         if (k < 0 && errno == EINTR)
                                 continue;
                         if (k == 0 && got == 0)
@@ -1049,7 +1053,7 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 if (hdr[0] != STEM_MAGIC || hdr[1] == 0 || hdr[1] > STEM_MSG_MAX)
                         child_fail(status_fd, STEP_GO, EBADMSG);
                 for (got = 0; got < hdr[1];) {
-                        ssize_t k = read(4, c->msg_buf + got, hdr[1] - got);
+                        ssize_t k = read(5, c->msg_buf + got, hdr[1] - got);
                         if (k < 0 && errno == EINTR)
                                 continue;
                         if (k <= 0)
@@ -1065,7 +1069,8 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 }
                 c->msg_argv[argc] = NULL;
         }
-        if (close_range(4, ~0U, 0) < 0)
+        /* bubblewrap gets 0-2, the block fd and the status fd (until the exec) */
+        if (close_range(5, ~0U, 0) < 0)
                 child_fail(status_fd, STEP_FDS, errno);
 
         rl.rlim_cur = rl.rlim_max = 0;
@@ -1118,6 +1123,7 @@ static void stem_discard(Stem *s) {
         s->stdout_fd = safe_close(s->stdout_fd);
         s->stderr_fd = safe_close(s->stderr_fd);
         s->status_fd = safe_close(s->status_fd);
+        s->block_fd = safe_close(s->block_fd);
         s->cgroup = cgroup_free(s->cgroup);
         s->lock_fd = safe_close(s->lock_fd);
         s->workdir_path = mfree(s->workdir_path);
@@ -1127,7 +1133,7 @@ static void stem_discard(Stem *s) {
 static int stem_spawn(Sandbox *sb) {
         _cleanup_(stem_discard) Stem s = STEM_NULL;
         int in[2] = { -EBADF, -EBADF }, out[2] = { -EBADF, -EBADF }, err[2] = { -EBADF, -EBADF },
-            st[2] = { -EBADF, -EBADF }, ctl[2] = { -EBADF, -EBADF };
+            st[2] = { -EBADF, -EBADF }, ctl[2] = { -EBADF, -EBADF }, blk[2] = { -EBADF, -EBADF };
         ChildSetup c;
         int k;
 
@@ -1139,7 +1145,7 @@ static int stem_spawn(Sandbox *sb) {
                 return k;
 
         if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
-            (k = make_pipe(st)) < 0 || (k = make_pipe(ctl)) < 0)
+            (k = make_pipe(st)) < 0 || (k = make_pipe(ctl)) < 0 || (k = make_block_pipe(blk)) < 0)
                 goto finish;
 
         c = (ChildSetup) {
@@ -1147,6 +1153,7 @@ static int stem_spawn(Sandbox *sb) {
                 .stdout_fd = out[1],
                 .stderr_fd = err[1],
                 .status_fd = st[1],
+                .block_fd = blk[0],
                 .ctl_fd = ctl[0],
                 .msg_buf = sb->stem_buf,
                 .msg_argv = sb->stem_argv,
@@ -1173,6 +1180,7 @@ static int stem_spawn(Sandbox *sb) {
         s.stderr_fd = TAKE_FD(err[0]);
         s.status_fd = TAKE_FD(st[0]);
         s.ctl_fd = TAKE_FD(ctl[1]);
+        s.block_fd = TAKE_FD(blk[0]);
         s.pidfd = pidfd_open_(s.pid);
         if (s.pidfd < 0) {
                 k = -errno;
@@ -1193,6 +1201,7 @@ finish:
         safe_close(st[1]);
         safe_close(ctl[0]);
         safe_close(ctl[1]);
+        safe_close(blk[0]);
         return k;
 }
 
@@ -1266,6 +1275,7 @@ static int stem_go(SandboxRun *r, char **argv) {
         r->out[0].fd = TAKE_FD(s->stdout_fd);
         r->out[1].fd = TAKE_FD(s->stderr_fd);
         r->status_fd = TAKE_FD(s->status_fd);
+        r->block_fd = TAKE_FD(s->block_fd);
         s->pid = 0;
         return 0;
 }
@@ -1475,6 +1485,7 @@ static void phase_cleanup_sync(SandboxRun *r) {
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
         r->pidfd = safe_close(r->pidfd);
         r->status_fd = safe_close(r->status_fd);
+        r->block_fd = safe_close(r->block_fd);
         output_close(&r->out[0]);
         output_close(&r->out[1]);
 
@@ -1551,9 +1562,14 @@ static void read_status_fd(SandboxRun *r) {
                 k = read(r->status_fd, buf, sizeof buf);
         r->status_fd = safe_close(r->status_fd);
 
-        if (k > 0 && buf[0] == 'x')
-                r->sandbox_ready = true; /* the sandbox was set up and the program started */
-        else if (k >= (ssize_t) sizeof(ChildError) && buf[0] == 'E') {
+        /* bubblewrap took the block pipe's byte: it got as far as starting the program */
+        if (r->block_fd >= 0) {
+                char c;
+                r->sandbox_ready = read(r->block_fd, &c, 1) == 0;
+        }
+        r->block_fd = safe_close(r->block_fd);
+
+        if (k >= (ssize_t) sizeof(ChildError) && buf[0] == 'E') {
                 ChildError e;
                 memcpy(&e, buf, sizeof e);
                 run_set_error(r, -e.error, "Sandbox setup failed (%s): %m",
@@ -1721,7 +1737,7 @@ static int build_argv(SandboxRun *r, char *const *cmd, char ***ret) {
                 k = name ? strv_pushv(&a, &n, "--setenv", name, eq + 1, NULL) : -ENOMEM;
         }
         if (k >= 0)
-                k = strv_pushv(&a, &n, "--", sb->shell, "-c", READY_SHIM, "sh", NULL);
+                k = strv_pushv(&a, &n, "--block-fd", "3", "--", NULL);
         for (char *const *c = cmd; *c && k >= 0; c++)
                 k = strv_push(&a, &n, *c);
         if (k < 0) {
@@ -1736,7 +1752,7 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         Sandbox *sb = r->sandbox;
         _cleanup_(strv_freep) char **argv = NULL;
         int in[2] = { -EBADF, -EBADF }, out[2] = { -EBADF, -EBADF }, err[2] = { -EBADF, -EBADF },
-            st[2] = { -EBADF, -EBADF };
+            st[2] = { -EBADF, -EBADF }, blk[2] = { -EBADF, -EBADF };
         ChildSetup c;
         pid_t pid;
         int k;
@@ -1755,7 +1771,7 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         }
 
         if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
-            (k = make_pipe(st)) < 0)
+            (k = make_pipe(st)) < 0 || (k = make_block_pipe(blk)) < 0)
                 goto fail;
 
         c = (ChildSetup) {
@@ -1763,6 +1779,7 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
                 .stdout_fd = out[1],
                 .stderr_fd = err[1],
                 .status_fd = st[1],
+                .block_fd = blk[0],
                 .ctl_fd = -EBADF,
                 .uid = r->uid,
                 .parent = getpid(),
@@ -1791,6 +1808,7 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         r->out[0].fd = TAKE_FD(out[0]);
         r->out[1].fd = TAKE_FD(err[0]);
         r->status_fd = TAKE_FD(st[0]);
+        r->block_fd = TAKE_FD(blk[0]);
 
         r->pidfd = pidfd_open_(pid);
         if (r->pidfd < 0)
@@ -1827,6 +1845,7 @@ fail:
         safe_close(err[1]);
         safe_close(st[0]);
         safe_close(st[1]);
+        safe_close(blk[0]);
         return k;
 }
 
@@ -2039,6 +2058,7 @@ SandboxRun *sandbox_run_free(SandboxRun *r) {
         output_reset(&r->out[1]);
         r->pidfd = safe_close(r->pidfd);
         r->status_fd = safe_close(r->status_fd);
+        r->block_fd = safe_close(r->block_fd);
         slot_release(r);
 
         if (r->runner)
@@ -2077,7 +2097,7 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
         r = calloc(1, sizeof *r);
         if (!r)
                 return -ENOMEM;
-        r->lock_fd = r->pidfd = r->status_fd = r->stdin_fd = r->out[0].fd = r->out[1].fd = -EBADF;
+        r->lock_fd = r->pidfd = r->status_fd = r->block_fd = r->stdin_fd = r->out[0].fd = r->out[1].fd = -EBADF;
         r->stem = STEM_NULL;
         r->workdir = WORKDIR_NULL;
         r->event = sd_event_ref(e);

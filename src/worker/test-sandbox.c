@@ -811,6 +811,67 @@ static void test_prepared_child(void **state) {
         }
 }
 
+/* The program gets stdin, stdout and stderr, and no other fd of ours (the status and block
+ * pipes of the set-up, other runs' pipes, cgroup files). */
+static void test_py_no_fds_leaked(void **state) {
+        SandboxResult res = {};
+
+        run(LANGUAGE_PYTHON,
+            "import os\n"
+            "fds = []\n"
+            "for fd in range(3, 1024):\n"
+            "    try:\n"
+            "        os.fstat(fd)\n"
+            "        fds.append(fd)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "print(fds, end='')\n",
+            NULL, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_string_equal(res.stdout_data, "[]");
+        assert_clean(&res);
+        sandbox_result_done(&res);
+}
+
+/* When bubblewrap cannot set the sandbox up, the run is an internal error with bubblewrap's
+ * reason, not the program's failure. */
+static void test_bwrap_setup_failure(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *bad = NULL;
+        _cleanup_free_ char *error = NULL;
+        char dir[] = "/tmp/dtask-test-bwrap-XXXXXX", path[64];
+        SandboxSettings s;
+        SandboxResult res = {};
+
+        /* a bubblewrap that is asked for a bind mount of something that does not exist */
+        assert_non_null(mkdtemp(dir));
+        assert_int_equal(chmod(dir, 0755), 0);
+        snprintf(path, sizeof path, "%s/bwrap", dir);
+        assert_int_equal(write_str(path,
+                                   "#!/bin/sh\n"
+                                   "[ \"$1\" = --version ] && exec /usr/bin/bwrap --version\n"
+                                   "exec /usr/bin/bwrap --ro-bind /nonexistent-dtask-test /x \"$@\"\n",
+                                   0755),
+                         0);
+        test_settings(&s);
+        s.uid_min = s.uid_max = TEST_UID_SINGLE + 5;
+        s.bwrap_path = path;
+        if (sandbox_new(&s, &bad, &error) < 0)
+                fail_msg("%s", strna(error));
+
+        run_full(bad, LANGUAGE_PYTHON, "print(1)\n", NULL, 0, 0, &res);
+        assert_int_equal(res.end, SANDBOX_END_FAILED);
+        assert_verdict(&res, SANDBOX_VERDICT_INTERNAL_ERROR);
+        assert_non_null(res.error_message);
+        assert_non_null(strstr(res.error_message, "bubblewrap failed to set up the sandbox"));
+        assert_non_null(strstr(res.error_message, "nonexistent-dtask-test"));
+        assert_int_equal(processes_of(res.uid), 0);
+        sandbox_result_done(&res);
+
+        bad = sandbox_free(bad);
+        assert_int_equal(unlink(path), 0);
+        assert_int_equal(rmdir(dir), 0);
+}
+
 /* Files in /tmp, /dev/shm, the working directory and $HOME of one run are not there in the
  * next run in the same slot (same UID) — nor on the host. */
 static void test_nothing_survives(void **state) {
@@ -1483,6 +1544,8 @@ int main(void) {
                 cmocka_unit_test(test_verdicts_per_run),
                 cmocka_unit_test(test_slot_cgroup_leftover),
                 cmocka_unit_test(test_prepared_child),
+                cmocka_unit_test(test_py_no_fds_leaked),
+                cmocka_unit_test(test_bwrap_setup_failure),
                 cmocka_unit_test(test_py_infinite_output),
                 cmocka_unit_test(test_cs_infinite_output),
                 cmocka_unit_test(test_py_ttl_deadline),

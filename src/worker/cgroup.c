@@ -1086,6 +1086,35 @@ int cgroup_is_populated(CGroup *cg) {
         return 0;
 }
 
+int cgroup_list_pids(CGroup *cg, pid_t *ret, size_t n) {
+        _cleanup_free_ char *text = NULL, *p = NULL;
+        const char *d = dir_with(cg, CGROUP_CONTROLLER_PIDS);
+        size_t k = 0;
+        int r;
+
+        if (!d)
+                d = cg->n > 0 ? cg->dirs[0] : NULL;
+        if (!d)
+                return 0;
+        p = path_join(d, NULL, "/cgroup.procs");
+        if (!p)
+                return -ENOMEM;
+        r = read_full_file(p, &text);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        for (char *s = text, *end; *s && k < n; s = end) {
+                long pid = strtol(s, &end, 10);
+
+                if (end == s)
+                        break;
+                if (pid > 0)
+                        ret[k++] = (pid_t) pid;
+        }
+        return (int) k;
+}
+
 static const char *dir_with(CGroup *cg, CGroupController c) {
         for (size_t i = 0; i < cg->n; i++)
                 if ((cg->root->h[i].mask & MASK(c)) && cg->dirs[i])

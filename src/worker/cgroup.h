@@ -97,6 +97,8 @@ int cgroup_kill(CGroup *cg);
  * are reaped) — 0 when empty. */
 int cgroup_is_populated(CGroup *cg);
 int cgroup_get_stats(CGroup *cg, CGroupStats *ret);
+/* Up to n of the processes in the group (for watching them exit); the number stored. */
+int cgroup_list_pids(CGroup *cg, pid_t *ret, size_t n);
 /* rmdir()s the group; -EBUSY while processes are still leaving (try again shortly). */
 int cgroup_remove(CGroup *cg);
 /* The memory controller's directory of the group, for messages and tests. */

@@ -30,6 +30,7 @@
 #define ARTIFACT_MAX (64 * 1024 * 1024)
 #define READ_CHUNK (64 * 1024)
 #define SETTLE_INTERVAL_USEC (5 * USEC_PER_MSEC)
+#define SETTLE_WATCH_MAX 4
 #define SETTLE_TIMEOUT_USEC (10 * USEC_PER_SEC)
 #define TRIM_TIMEOUT_USEC (2 * USEC_PER_SEC)
 /* The go message of a stem (see Stem): its size bounds the command line a stem can take;
@@ -171,6 +172,7 @@ struct SandboxRun {
         siginfo_t child_status;
         usec_t settle_start;
         sd_event_source *settle_timer;
+        sd_event_source *exit_watch[SETTLE_WATCH_MAX]; /* pidfds of processes still in the cgroup */
 
         sd_event_source *ttl_timer, *runtime_timer, *done_event;
 
@@ -1334,6 +1336,8 @@ static int on_done(sd_event_source *s, void *userdata) {
         return 0;
 }
 
+static void exit_watch_stop(SandboxRun *r);
+
 static void run_finish(SandboxRun *r) {
         SandboxResult *res = &r->result;
         Output *out = &r->out[0], *err = &r->out[1];
@@ -1345,6 +1349,7 @@ static void run_finish(SandboxRun *r) {
         r->ttl_timer = sd_event_source_disable_unref(r->ttl_timer);
         r->runtime_timer = sd_event_source_disable_unref(r->runtime_timer);
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
+        exit_watch_stop(r);
         slot_release(r);
 
         res->uid = r->uid;
@@ -1483,6 +1488,7 @@ static void phase_cleanup_sync(SandboxRun *r) {
                 run_kill_processes(r);
         r->child_source = sd_event_source_disable_unref(r->child_source);
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
+        exit_watch_stop(r);
         r->pidfd = safe_close(r->pidfd);
         r->status_fd = safe_close(r->status_fd);
         r->block_fd = safe_close(r->block_fd);
@@ -1508,15 +1514,53 @@ static void phase_cleanup_sync(SandboxRun *r) {
         r->pid = 0;
 }
 
-static void phase_settle(SandboxRun *r);
+static void phase_settle(SandboxRun *r, bool tick);
 
 static int on_settle_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        phase_settle(userdata);
+        phase_settle(userdata, true);
         return 0;
 }
 
-/* After the main process exited: wait until the outputs are drained and the cgroup is empty. */
-static void phase_settle(SandboxRun *r) {
+static void exit_watch_stop(SandboxRun *r) {
+        for (size_t i = 0; i < SETTLE_WATCH_MAX; i++)
+                r->exit_watch[i] = sd_event_source_disable_unref(r->exit_watch[i]);
+}
+
+static int on_exit_watch(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        SandboxRun *r = userdata;
+
+        for (size_t i = 0; i < SETTLE_WATCH_MAX; i++)
+                if (r->exit_watch[i] == s)
+                        r->exit_watch[i] = sd_event_source_disable_unref(s);
+        phase_settle(r, false);
+        return 0;
+}
+
+/* Wakes phase_settle() when a process still in the cgroup exits (typically bubblewrap's PID 1,
+ * tearing the sandbox's namespaces down), rather than at the next tick. */
+static void exit_watch_start(SandboxRun *r) {
+        pid_t pids[SETTLE_WATCH_MAX];
+        int n;
+
+        exit_watch_stop(r);
+        n = cgroup_list_pids(r->cgroup, pids, SETTLE_WATCH_MAX);
+        for (int i = 0; i < n; i++) {
+                int fd = pidfd_open_(pids[i]);
+
+                if (fd < 0)
+                        continue; /* gone already */
+                if (sd_event_add_io(r->event, &r->exit_watch[i], fd, EPOLLIN, on_exit_watch, r) < 0 ||
+                    sd_event_source_set_io_fd_own(r->exit_watch[i], true) < 0) {
+                        if (!r->exit_watch[i])
+                                safe_close(fd);
+                        r->exit_watch[i] = sd_event_source_disable_unref(r->exit_watch[i]);
+                }
+        }
+}
+
+/* After the main process exited: wait until the outputs are drained and the cgroup is empty.
+ * tick: called by the timer, i.e. the group did not empty in time by itself. */
+static void phase_settle(SandboxRun *r, bool tick) {
         bool outputs_done = r->out[0].fd < 0 && r->out[1].fd < 0;
         int populated = 0, k;
 
@@ -1541,8 +1585,12 @@ static void phase_settle(SandboxRun *r) {
                 phase_end(r);
                 return;
         }
-        if (populated > 0)
+        if (populated > 0) {
                 (void) cgroup_kill(r->cgroup);
+                if (tick) /* still there a tick later */
+                        (void) kill_uid(r->uid);
+                exit_watch_start(r);
+        }
 
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
         k = sd_event_add_time_relative(r->event, &r->settle_timer, CLOCK_MONOTONIC, SETTLE_INTERVAL_USEC, 1,
@@ -1612,13 +1660,17 @@ static int on_child(sd_event_source *s, int fd, uint32_t revents, void *userdata
         read_status_fd(r);
 
         /* Nothing of the run outlives its main process: bubblewrap's PID namespace goes down
-         * with it anyway, this makes sure. */
-        if (r->cgroup && cgroup_is_populated(r->cgroup) > 0) {
+         * with it anyway (the kernel kills what is left in it when its PID 1 exits), this makes
+         * sure. What is typically left is that PID 1, reparented to us and exiting or a zombie:
+         * reaped first, a zombie does not count; one still exiting is killed through the cgroup
+         * and phase_settle() goes on until the group is empty (with kill_uid() if something is
+         * still there a tick later, not here: that fork would be for nothing in nearly every
+         * run). */
+        reap_orphans(r->sandbox);
+        if (r->cgroup && cgroup_is_populated(r->cgroup) > 0)
                 (void) cgroup_kill(r->cgroup);
-                (void) kill_uid(r->uid);
-        }
         r->settle_start = now_mono();
-        phase_settle(r);
+        phase_settle(r, false);
         return 0;
 }
 
@@ -1671,7 +1723,7 @@ static int on_output(sd_event_source *s, int fd, uint32_t revents, void *userdat
                 /* EOF (or a read error: same thing here) */
                 output_close(o);
                 if (r->child_exited)
-                        phase_settle(r);
+                        phase_settle(r, false);
                 return 0;
         }
         return 0;
@@ -1932,6 +1984,7 @@ static void phase_end(SandboxRun *r) {
         int k;
 
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
+        exit_watch_stop(r);
         output_close(&r->out[0]);
         output_close(&r->out[1]);
 
@@ -2049,6 +2102,7 @@ SandboxRun *sandbox_run_free(SandboxRun *r) {
         r->ttl_timer = sd_event_source_disable_unref(r->ttl_timer);
         r->runtime_timer = sd_event_source_disable_unref(r->runtime_timer);
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
+        exit_watch_stop(r);
         r->done_event = sd_event_source_disable_unref(r->done_event);
         r->child_source = sd_event_source_disable_unref(r->child_source);
         stdin_close(r);

@@ -64,6 +64,9 @@ struct CGroup {
         int procs_fds[_CGROUP_CONTROLLER_MAX];
         size_t n;
         bool removed;
+        bool keep;         /* a slot's group (cgroup_open_slot()): cgroup_free() leaves it in place */
+        CGroupStats base;  /* the counters at cgroup_open_slot(): cgroup_get_stats() reports the difference */
+        int peak_fd;       /* v2: memory.peak, reset through this fd (Linux 6.12+); -EBADF otherwise */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -721,10 +724,17 @@ static int apply_limits_strict(CGroupMode mode, const char *dir, unsigned mask, 
         }
 
         if (mask & MASK(CGROUP_CONTROLLER_MEMORY)) {
+                /* memory+swap = memory: no swap. Without swap accounting, keep it from swapping.
+                 * The kernel wants memory ≤ memory+swap at every step: a reused group whose limit
+                 * goes up needs memory+swap raised first. */
                 r = write_attr_u64(dir, "memory.limit_in_bytes", l->memory_max);
+                if (r == -EINVAL) {
+                        r = write_attr_u64(dir, "memory.memsw.limit_in_bytes", l->memory_max);
+                        if (r >= 0)
+                                r = write_attr_u64(dir, "memory.limit_in_bytes", l->memory_max);
+                }
                 if (r < 0)
                         return r;
-                /* memory+swap = memory: no swap. Without swap accounting, keep it from swapping. */
                 r = write_attr_u64(dir, "memory.memsw.limit_in_bytes", l->memory_max);
                 if (r == -ENOENT)
                         r = write_attr(dir, "memory.swappiness", "0");
@@ -754,6 +764,7 @@ static CGroup *cgroup_alloc(CGroupRoot *root, const char *name) {
                 return NULL;
         cg->root = root;
         cg->n = root->n;
+        cg->peak_fd = -EBADF;
         for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
                 cg->procs_fds[i] = -EBADF;
         cg->name = strdup(name);
@@ -773,6 +784,20 @@ static CGroup *cgroup_alloc(CGroupRoot *root, const char *name) {
 static void cgroup_close_fds(CGroup *cg) {
         for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
                 cg->procs_fds[i] = safe_close(cg->procs_fds[i]);
+        cg->peak_fd = safe_close(cg->peak_fd);
+}
+
+static int open_procs_fds(CGroup *cg) {
+        for (size_t i = 0; i < cg->n; i++) {
+                _cleanup_free_ char *p = path_join(cg->dirs[i], NULL, "/cgroup.procs");
+
+                if (!p)
+                        return -ENOMEM;
+                cg->procs_fds[i] = open(p, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+                if (cg->procs_fds[i] < 0)
+                        return -errno;
+        }
+        return 0;
 }
 
 int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, CGroup **ret) {
@@ -801,23 +826,113 @@ int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, C
         }
 
         for (size_t i = 0; i < cg->n; i++) {
-                _cleanup_free_ char *p = NULL;
-
                 r = apply_limits(root, cg->dirs[i], root->h[i].mask, limits);
                 if (r < 0)
                         return log_debug_errno(r, "Failed to set limits of %s: %m", cg->dirs[i]);
-
-                p = path_join(cg->dirs[i], NULL, "/cgroup.procs");
-                if (!p)
-                        return -ENOMEM;
-                cg->procs_fds[i] = open(p, O_WRONLY | O_CLOEXEC | O_NOCTTY);
-                if (cg->procs_fds[i] < 0)
-                        return -errno;
         }
+        r = open_procs_fds(cg);
+        if (r < 0)
+                return r;
 
         *ret = TAKE_PTR(cg);
         return 0;
 }
+
+static int get_stats_raw(CGroup *cg, CGroupStats *ret);
+
+/* Kills what is in the group until it is empty; -EBUSY after timeout_usec. */
+static int wait_empty(CGroup *cg, uint64_t timeout_usec) {
+        struct timespec ts;
+        uint64_t start = 0, now;
+        int r;
+
+        for (;;) {
+                r = cgroup_is_populated(cg);
+                if (r <= 0)
+                        return r;
+                (void) cgroup_kill(cg);
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                now = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+                if (start == 0)
+                        start = now;
+                else if (now - start > timeout_usec)
+                        return -EBUSY;
+                (void) usleep(5000);
+        }
+}
+
+int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *limits, uint64_t timeout_usec,
+                     CGroup **ret) {
+        _cleanup_(cgroup_freep) CGroup *cg = NULL;
+        int r;
+
+        if (!name_is_valid(name) || !limits || limits->memory_max == 0 || limits->pids_max == 0 ||
+            limits->cpu_quota_percent == 0)
+                return -EINVAL;
+
+        cg = cgroup_alloc(root, name);
+        if (!cg)
+                return -ENOMEM;
+        /* whatever happens below, the group stays for the next attempt */
+        cg->keep = true;
+
+        for (size_t i = 0; i < cg->n; i++)
+                if (mkdir(cg->dirs[i], 0755) < 0 && errno != EEXIST)
+                        return -errno;
+
+        /* Nothing of an earlier user of the group may be around: processes of a crashed
+         * predecessor, or of a run that outlived its settle timeout. */
+        r = wait_empty(cg, timeout_usec);
+        if (r < 0)
+                return r;
+
+        /* the configuration may have changed since the group was made */
+        for (size_t i = 0; i < cg->n; i++) {
+                r = apply_limits(root, cg->dirs[i], root->h[i].mask, limits);
+                if (r < 0)
+                        return log_debug_errno(r, "Failed to set limits of %s: %m", cg->dirs[i]);
+        }
+
+        /* The peak from here on. v1: writing resets the group's maximum to its current usage.
+         * v2: a write resets the peak as seen through this fd (Linux 6.12+); older kernels
+         * have only the group's lifetime peak, which is what is reported then. */
+        if (root->mode == CGROUP_MODE_UNIFIED) {
+                _cleanup_free_ char *p = path_join(cg->dirs[0], NULL, "/memory.peak");
+
+                if (!p)
+                        return -ENOMEM;
+                cg->peak_fd = open(p, O_RDWR | O_CLOEXEC | O_NOCTTY);
+                if (cg->peak_fd >= 0 && write(cg->peak_fd, "reset\n", 6) != 6)
+                        cg->peak_fd = safe_close(cg->peak_fd);
+        } else {
+                const char *d = NULL;
+
+                for (size_t i = 0; i < cg->n && !d; i++)
+                        if (root->h[i].mask & MASK(CGROUP_CONTROLLER_MEMORY))
+                                d = cg->dirs[i];
+                if (d) {
+                        r = write_attr(d, "memory.max_usage_in_bytes", "0");
+                        if (r < 0 && r != -ENOENT)
+                                return r;
+                }
+        }
+
+        /* counters are cumulative over the group's life: the run's are the difference */
+        r = get_stats_raw(cg, &cg->base);
+        if (r < 0)
+                return r;
+        cg->base.memory_peak = 0;
+
+        r = open_procs_fds(cg);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(cg);
+        return 0;
+}
+
+_Static_assert(_CGROUP_CONTROLLER_MAX <= CGROUP_PROCS_FDS_MAX,
+               "cgroup_procs_fds() may return more than CGROUP_PROCS_FDS_MAX");
 
 size_t cgroup_procs_fds(const CGroup *cg, const int **ret) {
         *ret = cg->procs_fds;
@@ -971,6 +1086,35 @@ int cgroup_is_populated(CGroup *cg) {
         return 0;
 }
 
+int cgroup_list_pids(CGroup *cg, pid_t *ret, size_t n) {
+        _cleanup_free_ char *text = NULL, *p = NULL;
+        const char *d = dir_with(cg, CGROUP_CONTROLLER_PIDS);
+        size_t k = 0;
+        int r;
+
+        if (!d)
+                d = cg->n > 0 ? cg->dirs[0] : NULL;
+        if (!d)
+                return 0;
+        p = path_join(d, NULL, "/cgroup.procs");
+        if (!p)
+                return -ENOMEM;
+        r = read_full_file(p, &text);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        for (char *s = text, *end; *s && k < n; s = end) {
+                long pid = strtol(s, &end, 10);
+
+                if (end == s)
+                        break;
+                if (pid > 0)
+                        ret[k++] = (pid_t) pid;
+        }
+        return (int) k;
+}
+
 static const char *dir_with(CGroup *cg, CGroupController c) {
         for (size_t i = 0; i < cg->n; i++)
                 if ((cg->root->h[i].mask & MASK(c)) && cg->dirs[i])
@@ -978,7 +1122,7 @@ static const char *dir_with(CGroup *cg, CGroupController c) {
         return NULL;
 }
 
-int cgroup_get_stats(CGroup *cg, CGroupStats *ret) {
+static int get_stats_raw(CGroup *cg, CGroupStats *ret) {
         CGroupStats s = {};
         char buf[4096];
         const char *d;
@@ -1000,7 +1144,13 @@ int cgroup_get_stats(CGroup *cg, CGroupStats *ret) {
                         r = keyed_u64(buf, "max", &s.pids_max_events);
                 if (r < 0 && !(r == -ENOENT && optional))
                         return r;
-                if (read_attr(d, "memory.peak", buf, sizeof buf) > 0)
+                if (cg->peak_fd >= 0) {
+                        ssize_t k = pread(cg->peak_fd, buf, sizeof buf - 1, 0);
+                        if (k > 0) {
+                                buf[k] = '\0';
+                                s.memory_peak = strtoull(buf, NULL, 10);
+                        }
+                } else if (read_attr(d, "memory.peak", buf, sizeof buf) > 0)
                         s.memory_peak = strtoull(buf, NULL, 10);
                 if (read_attr(d, "cpu.stat", buf, sizeof buf) > 0)
                         (void) keyed_u64(buf, "usage_usec", &s.cpu_usec);
@@ -1034,6 +1184,24 @@ int cgroup_get_stats(CGroup *cg, CGroupStats *ret) {
         if (d && read_attr(d, "cpuacct.usage", buf, sizeof buf) > 0)
                 s.cpu_usec = strtoull(buf, NULL, 10) / 1000;
 
+        *ret = s;
+        return 0;
+}
+
+static uint64_t sub_sat(uint64_t a, uint64_t b) {
+        return a > b ? a - b : 0;
+}
+
+int cgroup_get_stats(CGroup *cg, CGroupStats *ret) {
+        CGroupStats s;
+        int r;
+
+        r = get_stats_raw(cg, &s);
+        if (r < 0)
+                return r;
+        s.oom_kills = sub_sat(s.oom_kills, cg->base.oom_kills);
+        s.pids_max_events = sub_sat(s.pids_max_events, cg->base.pids_max_events);
+        s.cpu_usec = sub_sat(s.cpu_usec, cg->base.cpu_usec);
         *ret = s;
         return 0;
 }
@@ -1079,7 +1247,7 @@ CGroup *cgroup_free(CGroup *cg) {
                 return NULL;
 
         cgroup_close_fds(cg);
-        if (!cg->removed) {
+        if (!cg->removed && !cg->keep) {
                 bool any = false;
                 for (size_t i = 0; i < cg->n; i++)
                         any = any || cg->dirs[i];

@@ -5,9 +5,10 @@
 
 #include "macro.h"
 
-/* One cgroup per sandbox run, on cgroup v2 (a delegated subtree) or on cgroup v1 /
- * hybrid hosts (one directory per controller hierarchy). Controllers used: memory, pids,
- * cpu (and cpuacct on v1 when mounted, for CPU time only).
+/* The cgroups of sandbox runs — one per slot, which one run at a time has to itself — on
+ * cgroup v2 (a delegated subtree) or on cgroup v1 / hybrid hosts (one directory per controller
+ * hierarchy). Controllers used: memory, pids, cpu (and cpuacct on v1 when mounted, for CPU
+ * time only).
  *
  * Shared-code rules apply: nothing here logs above debug; errors are negative errno and
  * cgroup_root_new() explains a failure in *ret_error for the operator. */
@@ -64,13 +65,25 @@ typedef struct CGroup CGroup;
 /* Creates <root>/<name> in every hierarchy with the limits applied. -EEXIST when it exists
  * already (see cgroup_trim()). */
 int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, CGroup **ret);
+/* A slot's group, kept across runs (creating and removing a group per run costs more than the
+ * run's own set-up on cgroup v1): opens <root>/<name>, creating it when missing; whatever is
+ * still in it (processes of a crashed predecessor, of a run that outlived its clean-up) is
+ * killed first, waiting at most timeout_usec (-EBUSY if it does not empty). The limits are
+ * applied again, and the statistics count from here: cgroup_get_stats() reports what happened
+ * since (the peak on v2 needs Linux 6.12; older kernels report the group's lifetime peak).
+ * cgroup_free() leaves the group in place; cgroup_trim() removes it. */
+int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *limits, uint64_t timeout_usec,
+                     CGroup **ret);
 /* Kills whatever is left in <root>/<name> (from a crashed predecessor) and removes it. Waits
  * at most timeout_usec; -EBUSY if it could not be removed. 0 also when it did not exist. */
 int cgroup_trim(CGroupRoot *root, const char *name, uint64_t timeout_usec);
-/* Best effort: removes the group if it is still there (killing what is left, no waiting). */
+/* Best effort: removes the group if it is still there (killing what is left, no waiting);
+ * a group from cgroup_open_slot() is only closed. */
 CGroup *cgroup_free(CGroup *cg);
 DEFINE_TRIVIAL_CLEANUP_FUNC(CGroup *, cgroup_free);
 
+/* The most fds cgroup_procs_fds() returns. */
+#define CGROUP_PROCS_FDS_MAX 4
 /* The cgroup.procs fds (O_CLOEXEC, one per hierarchy) a forked child writes "0" to. */
 size_t cgroup_procs_fds(const CGroup *cg, const int **ret);
 /* For the forked child, async-signal-safe: moves the calling process into the group. */
@@ -84,6 +97,8 @@ int cgroup_kill(CGroup *cg);
  * are reaped) — 0 when empty. */
 int cgroup_is_populated(CGroup *cg);
 int cgroup_get_stats(CGroup *cg, CGroupStats *ret);
+/* Up to n of the processes in the group (for watching them exit); the number stored. */
+int cgroup_list_pids(CGroup *cg, pid_t *ret, size_t n);
 /* rmdir()s the group; -EBUSY while processes are still leaving (try again shortly). */
 int cgroup_remove(CGroup *cg);
 /* The memory controller's directory of the group, for messages and tests. */

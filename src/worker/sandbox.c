@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 
 #include <sodium.h>
@@ -29,10 +30,14 @@
 #define ARTIFACT_MAX (64 * 1024 * 1024)
 #define READ_CHUNK (64 * 1024)
 #define SETTLE_INTERVAL_USEC (5 * USEC_PER_MSEC)
+#define SETTLE_WATCH_MAX 4
 #define SETTLE_TIMEOUT_USEC (10 * USEC_PER_SEC)
 #define TRIM_TIMEOUT_USEC (2 * USEC_PER_SEC)
-/* The first thing the sandboxed shell does: tell us the sandbox is set up (fd 3), close it. */
-#define READY_SHIM "printf x >&3 && exec 3>&- && exec \"$@\""
+/* The go message of a stem (see Stem): its size bounds the command line a stem can take;
+ * below the pipe's capacity, so that writing it never blocks. */
+#define STEM_MSG_MAX (48 * 1024)
+#define STEM_ARGC_MAX 1024
+#define STEM_MAGIC 0x6d657473u
 
 static const char *const end_names[_SANDBOX_END_MAX] = {
         [SANDBOX_END_EXITED] = "exited",
@@ -64,17 +69,47 @@ const char *sandbox_verdict_to_string(SandboxVerdict v) {
         return v >= 0 && v < _SANDBOX_VERDICT_MAX ? verdict_names[v] : NULL;
 }
 
+/* A slot taken ahead of the next run, with a child already forked into the slot's cgroup and
+ * waiting for its command line (the "go" message) to exec bubblewrap. Joining a cgroup is the
+ * expensive step of starting a run: on cgroup v1 the first write to cgroup.procs after a pause
+ * waits for an RCU grace period (the kernel's cgroup_threadgroup_rwsem), milliseconds; a stem
+ * does it while the worker is idle or the previous run is still going. It is root and has
+ * nothing of any run until the go message; it exits on EOF of its control pipe and dies with
+ * us (PR_SET_PDEATHSIG). */
+typedef struct Stem {
+        /* the slot */
+        uid_t uid;
+        int lock_fd;
+        char slot_name[32];
+        char *workdir_path;
+        CGroup *cgroup;
+        /* the child */
+        pid_t pid;
+        int pidfd;
+        int ctl_fd;                                    /* the go message; closing it makes the stem exit */
+        int stdin_fd, stdout_fd, stderr_fd, status_fd; /* our ends of its pipes */
+        int block_fd;                                  /* our read end of its block pipe */
+} Stem;
+
+#define STEM_NULL                                                                                           \
+        ((Stem) { .lock_fd = -EBADF, .pidfd = -EBADF, .ctl_fd = -EBADF, .stdin_fd = -EBADF,                 \
+                  .stdout_fd = -EBADF, .stderr_fd = -EBADF, .status_fd = -EBADF, .block_fd = -EBADF })
+
 struct Sandbox {
         SandboxSettings settings;
         char *runtime_dir;
         char *bwrap;
-        char *shell;
         int runtime_fd;
         int cache_fd; /* <cache_dir>/csharp, or -EBADF */
         CGroupRoot *cgroup_root;
         Runner *runners[_LANGUAGE_MAX];
         char **base_args; /* bwrap options common to every run */
         unsigned next_slot;
+        uint8_t *slot_used; /* per slot: we made its cgroup, sandbox_free() removes it */
+        Stem stem;                   /* for the next run, when .pid > 0 */
+        sd_event_source *stem_event; /* prepares the stem when the loop is idle */
+        char *stem_buf;              /* STEM_MSG_MAX bytes, and STEM_ARGC_MAX pointers, for the stem */
+        char **stem_argv;
         SandboxRun *runs;
 };
 
@@ -112,6 +147,7 @@ struct SandboxRun {
         int lock_fd;
         char slot_name[32];
         char *workdir_path;
+        Stem stem; /* from the sandbox, until the first phase starts it (.pid and the fds only) */
 
         /* C# build cache */
         bool use_cache;
@@ -126,15 +162,17 @@ struct SandboxRun {
         pid_t pid;
         int pidfd;
         sd_event_source *child_source;
-        int status_fd; /* fd 3 of the child: setup errors before exec, "x" once sandboxed */
+        int status_fd; /* setup errors of the child before its exec of bubblewrap */
+        int block_fd;  /* bubblewrap's --block-fd, see make_block_pipe() */
         Output out[2]; /* stdout, stderr */
         int stdin_fd;
         sd_event_source *stdin_source;
         bool child_exited;
-        bool sandbox_ready; /* the shim in the sandbox reported in: bubblewrap's setup worked */
+        bool sandbox_ready; /* bubblewrap set the sandbox up and went on to start the program */
         siginfo_t child_status;
         usec_t settle_start;
         sd_event_source *settle_timer;
+        sd_event_source *exit_watch[SETTLE_WATCH_MAX]; /* pidfds of processes still in the cgroup */
 
         sd_event_source *ttl_timer, *runtime_timer, *done_event;
 
@@ -148,6 +186,8 @@ struct SandboxRun {
 
         SandboxResult result;
 };
+
+static void stem_discard(Stem *s);
 
 /* ---------------------------------------------------------------------------------------- */
 /* settings */
@@ -266,6 +306,25 @@ static int make_pipe(int fds[2]) {
                 safe_close(fds[1]);
                 return r;
         }
+        return 0;
+}
+
+/* The pipe behind bubblewrap's --block-fd: one byte in it, no writer left. Bubblewrap reads the
+ * byte after setting up the sandbox, right before it starts the program; if it is still there
+ * once bubblewrap has exited, bubblewrap gave up before (our end is nonblocking: read() gives
+ * 1 then, 0 otherwise). */
+static int make_block_pipe(int fds[2]) {
+        int k = make_pipe(fds);
+
+        if (k < 0)
+                return k;
+        if (write(fds[1], "x", 1) != 1 || fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0) {
+                k = -errno;
+                fds[0] = safe_close(fds[0]);
+                fds[1] = safe_close(fds[1]);
+                return k;
+        }
+        fds[1] = safe_close(fds[1]);
         return 0;
 }
 
@@ -513,11 +572,41 @@ static int open_private_dir(const char *path, mode_t mode, char **ret_error) {
         return TAKE_FD(fd);
 }
 
+/* The cgroups of the slots we used, as far as no one else is using the slot right now (the
+ * slot range is shared by every worker of the host): nothing of ours stays behind. */
+static void slots_remove_cgroups(Sandbox *sb) {
+        unsigned n = sb->slot_used ? sandbox_slots(sb) : 0;
+
+        for (unsigned i = 0; i < n; i++) {
+                char lock_name[48], slot_name[32];
+                _cleanup_close_ int fd = -EBADF;
+                uid_t uid = sb->settings.uid_min + i;
+                int k;
+
+                if (!sb->slot_used[i] || sb->runtime_fd < 0 || !sb->cgroup_root)
+                        continue;
+                snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
+                snprintf(slot_name, sizeof slot_name, "slot-%u", (unsigned) uid);
+                fd = openat(sb->runtime_fd, lock_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+                if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+                        continue;
+                k = cgroup_trim(sb->cgroup_root, slot_name, TRIM_TIMEOUT_USEC);
+                if (k < 0)
+                        log_debug_errno(k, "Failed to remove the cgroup of slot %u: %m", (unsigned) uid);
+        }
+}
+
 Sandbox *sandbox_free(Sandbox *sb) {
         if (!sb)
                 return NULL;
         while (sb->runs)
                 sandbox_run_free(sb->runs);
+        sb->stem_event = sd_event_source_disable_unref(sb->stem_event);
+        stem_discard(&sb->stem);
+        free(sb->stem_buf);
+        free(sb->stem_argv);
+        slots_remove_cgroups(sb);
+        free(sb->slot_used);
         for (Language l = 0; l < _LANGUAGE_MAX; l++)
                 runner_free(sb->runners[l]);
         cgroup_root_free(sb->cgroup_root);
@@ -526,7 +615,6 @@ Sandbox *sandbox_free(Sandbox *sb) {
         safe_close(sb->cache_fd);
         free(sb->runtime_dir);
         free(sb->bwrap);
-        free(sb->shell);
         return mfree(sb);
 }
 
@@ -561,6 +649,7 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         if (!sb)
                 return -ENOMEM;
         sb->runtime_fd = sb->cache_fd = -EBADF;
+        sb->stem = STEM_NULL;
         sb->settings = *s;
         sb->settings.cgroup_root = sb->settings.runtime_dir = sb->settings.cache_dir = sb->settings.bwrap_path = NULL;
         sb->settings.runners = (RunnerSettings) {};
@@ -568,11 +657,15 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         r = check_uid_range(s->uid_min, s->uid_max, ret_error);
         if (r < 0)
                 return r;
+        sb->slot_used = calloc(sandbox_slots(sb), 1);
+        sb->stem_buf = malloc(STEM_MSG_MAX);
+        sb->stem_argv = calloc(STEM_ARGC_MAX, sizeof(char *));
+        if (!sb->slot_used || !sb->stem_buf || !sb->stem_argv)
+                return -ENOMEM;
 
         sb->bwrap = strdup(s->bwrap_path ?: DEFAULT_BWRAP);
         sb->runtime_dir = strdup(s->runtime_dir ?: DEFAULT_RUNTIME_DIR);
-        sb->shell = strdup(access("/usr/bin/sh", X_OK) >= 0 ? "/usr/bin/sh" : "/bin/sh");
-        if (!sb->bwrap || !sb->runtime_dir || !sb->shell)
+        if (!sb->bwrap || !sb->runtime_dir)
                 return -ENOMEM;
 
         r = bwrap_version(sb->bwrap, &version);
@@ -644,7 +737,20 @@ unsigned sandbox_slots(const Sandbox *sb) {
 /* ---------------------------------------------------------------------------------------- */
 /* slots */
 
-static int slot_acquire(Sandbox *sb, SandboxRun *r) {
+/* The slot's cgroup for the next phase of a run: emptied, limits applied, statistics from zero. */
+static int slot_open_cgroup(Sandbox *sb, const char *slot_name, CGroup **ret) {
+        CGroupLimits limits = {
+                .memory_max = sb->settings.memory_max,
+                .pids_max = sb->settings.pids_max,
+                .cpu_quota_percent = sb->settings.cpu_quota_percent,
+        };
+
+        return cgroup_open_slot(sb->cgroup_root, slot_name, &limits, TRIM_TIMEOUT_USEC, ret);
+}
+
+/* Takes a free slot and cleans up what a crashed predecessor left of it: fills the slot part
+ * of ret. */
+static int slot_acquire(Sandbox *sb, Stem *ret) {
         unsigned n = sandbox_slots(sb);
 
         for (unsigned i = 0; i < n; i++) {
@@ -653,6 +759,7 @@ static int slot_acquire(Sandbox *sb, SandboxRun *r) {
                 char lock_name[48], slot_name[32];
                 _cleanup_free_ char *workdir = NULL;
                 _cleanup_close_ int fd = -EBADF;
+                CGroup *cg = NULL;
                 int k;
 
                 snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
@@ -667,10 +774,12 @@ static int slot_acquire(Sandbox *sb, SandboxRun *r) {
                         return -errno;
                 }
 
-                /* We own the slot: whatever is left of it comes from a crashed predecessor. */
+                /* We own the slot: whatever is left of it comes from a crashed predecessor. Its
+                 * cgroup is kept from run to run; opening it kills what is still in it. */
                 if (asprintf(&workdir, "%s/%s", sb->runtime_dir, slot_name) < 0)
                         return -ENOMEM;
-                k = cgroup_trim(sb->cgroup_root, slot_name, TRIM_TIMEOUT_USEC);
+                sb->slot_used[idx] = true;
+                k = slot_open_cgroup(sb, slot_name, &cg);
                 if (k >= 0)
                         k = kill_uid(uid);
                 if (k >= 0)
@@ -678,20 +787,33 @@ static int slot_acquire(Sandbox *sb, SandboxRun *r) {
                 if (k < 0) {
                         log_warning_errno(k, "Slot %u has leftovers that cannot be cleaned up, skipping it: %m",
                                           (unsigned) uid);
+                        cg = cgroup_free(cg);
                         continue;
                 }
 
                 sb->next_slot = (idx + 1) % n;
-                r->uid = uid;
-                r->lock_fd = TAKE_FD(fd);
-                memcpy(r->slot_name, slot_name, sizeof slot_name);
-                r->workdir_path = TAKE_PTR(workdir);
+                ret->cgroup = TAKE_PTR(cg);
+                ret->uid = uid;
+                ret->lock_fd = TAKE_FD(fd);
+                memcpy(ret->slot_name, slot_name, sizeof slot_name);
+                ret->workdir_path = TAKE_PTR(workdir);
                 return 0;
         }
         return -EBUSY;
 }
 
+/* The slot part of s goes to the run. */
+static void slot_give(SandboxRun *r, Stem *s) {
+        r->uid = s->uid;
+        r->lock_fd = TAKE_FD(s->lock_fd);
+        memcpy(r->slot_name, s->slot_name, sizeof r->slot_name);
+        r->workdir_path = TAKE_PTR(s->workdir_path);
+        r->cgroup = TAKE_PTR(s->cgroup);
+}
+
 static void slot_release(SandboxRun *r) {
+        stem_discard(&r->stem); /* a stem that was not used */
+        r->cgroup = cgroup_free(r->cgroup); /* closes it; the group stays, empty */
         /* closing the fd drops the flock */
         r->lock_fd = safe_close(r->lock_fd);
 }
@@ -814,6 +936,7 @@ enum {
         STEP_CREDENTIALS,
         STEP_PRCTL,
         STEP_PARENT,
+        STEP_GO,
         STEP_EXEC,
         _STEP_MAX,
 };
@@ -827,11 +950,16 @@ static const char *const step_names[_STEP_MAX] = {
         [STEP_CREDENTIALS] = "switching UID/GID",
         [STEP_PRCTL] = "prctl",
         [STEP_PARENT] = "parent died",
+        [STEP_GO] = "reading the command line",
         [STEP_EXEC] = "executing bubblewrap",
 };
 
 typedef struct ChildSetup {
         int stdin_fd, stdout_fd, stderr_fd, status_fd;
+        int block_fd; /* bubblewrap's --block-fd: its byte is there until the sandbox is set up */
+        int ctl_fd; /* a stem: the go message comes from here (see Stem); else -EBADF */
+        char *msg_buf;
+        char **msg_argv;
         const int *cgroup_fds;
         size_t n_cgroup_fds;
         uid_t uid;
@@ -852,7 +980,8 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
         static char *const envp[] = { NULL };
         sigset_t none;
         struct rlimit rl;
-        int status_fd = c->status_fd;
+        int status_fd = c->status_fd, src[3 + CGROUP_PROCS_FDS_MAX], cgroup_fds[CGROUP_PROCS_FDS_MAX];
+        size_t n_src = 0;
 
         sigemptyset(&none);
         if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
@@ -867,23 +996,83 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
         if (setsid() < 0)
                 child_fail(status_fd, STEP_SETSID, errno);
 
-        /* into the run's cgroup while still root: from here on every descendant is in it */
-        if (cgroup_join_self(c->cgroup_fds, c->n_cgroup_fds) < 0)
-                child_fail(status_fd, STEP_CGROUP, errno);
+        if (c->ctl_fd >= 0) {
+                /* a stem waits, maybe long: with us, or not at all */
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+                        child_fail(status_fd, STEP_PRCTL, errno);
+                if (getppid() != c->parent)
+                        child_fail(status_fd, STEP_PARENT, ESRCH);
+        }
 
-        /* All our fds are >= 3 (make_pipe), so 0-2 can be overwritten blindly. The status fd
-         * goes to 3 without CLOEXEC: it reports a failure before the exec, and bubblewrap passes
-         * it on to the shim inside, which reports that the sandbox is up (READY_SHIM). */
+        /* First the fds, so that nothing of other runs is held (their pipes' ends would hold
+         * off their EOF) while the cgroup join waits. All our fds are >= 3 (make_pipe), so 0-2
+         * can be overwritten blindly. Then from 3 on: the block fd (bubblewrap reads its byte
+         * once the sandbox is set up, see make_block_pipe()), the status fd (CLOEXEC: it reports a
+         * failure before the exec, the exec closes it), the control fd of a stem, the cgroup
+         * fds. Those are first copied above their targets, so that no dup2() overwrites one. */
         if (dup2(c->stdin_fd, STDIN_FILENO) < 0 || dup2(c->stdout_fd, STDOUT_FILENO) < 0 ||
             dup2(c->stderr_fd, STDERR_FILENO) < 0)
                 child_fail(status_fd, STEP_FDS, errno);
-        if (status_fd != 3) {
-                if (dup2(status_fd, 3) < 0)
+        src[n_src++] = c->block_fd;
+        src[n_src++] = c->status_fd;
+        if (c->ctl_fd >= 0)
+                src[n_src++] = c->ctl_fd;
+        for (size_t i = 0; i < c->n_cgroup_fds; i++)
+                src[n_src++] = c->cgroup_fds[i];
+        for (size_t i = 0; i < n_src; i++) {
+                src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 3 + (int) n_src);
+                if (src[i] < 0)
                         child_fail(status_fd, STEP_FDS, errno);
-                status_fd = 3;
-        } else if (fcntl(3, F_SETFD, 0) < 0)
+        }
+        for (size_t i = 0; i < n_src; i++)
+                if (dup2(src[i], 3 + (int) i) < 0)
+                        child_fail(src[1], STEP_FDS, errno);
+        status_fd = 4;
+        if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0 || close_range(3 + (unsigned) n_src, ~0U, 0) < 0)
                 child_fail(status_fd, STEP_FDS, errno);
-        if (close_range(4, ~0U, 0) < 0)
+        for (size_t i = 0; i < c->n_cgroup_fds; i++)
+                cgroup_fds[i] = 3 + (int) n_src - (int) c->n_cgroup_fds + (int) i;
+
+        /* into the slot's cgroup while still root: from here on every descendant is in it */
+        if (cgroup_join_self(cgroup_fds, c->n_cgroup_fds) < 0)
+                child_fail(status_fd, STEP_CGROUP, errno);
+
+        if (c->ctl_fd >= 0) {
+                /* the go message: magic, size, then the command line as NUL-terminated strings */
+                uint32_t hdr[2];
+                size_t got = 0, argc = 0;
+
+                for (char *p = (char *) hdr; got < sizeof hdr;) {
+                        ssize_t k = read(5, p + got, sizeof hdr - got);
+                        if (k < 0 && errno == EINTR)
+                                continue;
+                        if (k == 0 && got == 0)
+                                _exit(0); /* not needed after all */
+                        if (k <= 0)
+                                child_fail(status_fd, STEP_GO, k < 0 ? errno : EPIPE);
+                        got += (size_t) k;
+                }
+                if (hdr[0] != STEM_MAGIC || hdr[1] == 0 || hdr[1] > STEM_MSG_MAX)
+                        child_fail(status_fd, STEP_GO, EBADMSG);
+                for (got = 0; got < hdr[1];) {
+                        ssize_t k = read(5, c->msg_buf + got, hdr[1] - got);
+                        if (k < 0 && errno == EINTR)
+                                continue;
+                        if (k <= 0)
+                                child_fail(status_fd, STEP_GO, k < 0 ? errno : EPIPE);
+                        got += (size_t) k;
+                }
+                if (c->msg_buf[hdr[1] - 1] != '\0')
+                        child_fail(status_fd, STEP_GO, EBADMSG);
+                for (size_t i = 0; i < hdr[1]; i += strlen(c->msg_buf + i) + 1) {
+                        if (argc >= STEM_ARGC_MAX - 1)
+                                child_fail(status_fd, STEP_GO, E2BIG);
+                        c->msg_argv[argc++] = c->msg_buf + i;
+                }
+                c->msg_argv[argc] = NULL;
+        }
+        /* bubblewrap gets 0-2, the block fd and the status fd (until the exec) */
+        if (close_range(5, ~0U, 0) < 0)
                 child_fail(status_fd, STEP_FDS, errno);
 
         rl.rlim_cur = rl.rlim_max = 0;
@@ -912,8 +1101,185 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 child_fail(status_fd, STEP_PARENT, ESRCH);
 
         umask(0077);
-        execve(c->bwrap, c->argv, envp);
+        execve(c->bwrap, c->ctl_fd >= 0 ? c->msg_argv : c->argv, envp);
         child_fail(status_fd, STEP_EXEC, errno);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* stems (see Stem) */
+
+/* Kills the child (if any), reaps it, gives the slot back. */
+static void stem_discard(Stem *s) {
+        s->ctl_fd = safe_close(s->ctl_fd);
+        if (s->pid > 0) {
+                siginfo_t si;
+
+                if (s->pidfd >= 0)
+                        (void) pidfd_send_signal_(s->pidfd, SIGKILL);
+                while (waitid(P_PID, (id_t) s->pid, &si, WEXITED) < 0 && errno == EINTR)
+                        ;
+                s->pid = 0;
+        }
+        s->pidfd = safe_close(s->pidfd);
+        s->stdin_fd = safe_close(s->stdin_fd);
+        s->stdout_fd = safe_close(s->stdout_fd);
+        s->stderr_fd = safe_close(s->stderr_fd);
+        s->status_fd = safe_close(s->status_fd);
+        s->block_fd = safe_close(s->block_fd);
+        s->cgroup = cgroup_free(s->cgroup);
+        s->lock_fd = safe_close(s->lock_fd);
+        s->workdir_path = mfree(s->workdir_path);
+}
+
+/* Takes a slot and forks the stem into its cgroup. */
+static int stem_spawn(Sandbox *sb) {
+        _cleanup_(stem_discard) Stem s = STEM_NULL;
+        int in[2] = { -EBADF, -EBADF }, out[2] = { -EBADF, -EBADF }, err[2] = { -EBADF, -EBADF },
+            st[2] = { -EBADF, -EBADF }, ctl[2] = { -EBADF, -EBADF }, blk[2] = { -EBADF, -EBADF };
+        ChildSetup c;
+        int k;
+
+        if (sb->stem.pid > 0)
+                return 0;
+
+        k = slot_acquire(sb, &s);
+        if (k < 0)
+                return k;
+
+        if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
+            (k = make_pipe(st)) < 0 || (k = make_pipe(ctl)) < 0 || (k = make_block_pipe(blk)) < 0)
+                goto finish;
+
+        c = (ChildSetup) {
+                .stdin_fd = in[0],
+                .stdout_fd = out[1],
+                .stderr_fd = err[1],
+                .status_fd = st[1],
+                .block_fd = blk[0],
+                .ctl_fd = ctl[0],
+                .msg_buf = sb->stem_buf,
+                .msg_argv = sb->stem_argv,
+                .uid = s.uid,
+                .parent = getpid(),
+                .file_size_max = sb->settings.file_size_max,
+                .open_files_max = sb->settings.open_files_max,
+                .nproc_max = 2 * sb->settings.pids_max + 16,
+                .bwrap = sb->bwrap,
+        };
+        c.n_cgroup_fds = cgroup_procs_fds(s.cgroup, &c.cgroup_fds);
+
+        s.pid = fork();
+        if (s.pid < 0) {
+                k = -errno;
+                s.pid = 0;
+                goto finish;
+        }
+        if (s.pid == 0)
+                child_exec(&c);
+
+        s.stdin_fd = TAKE_FD(in[1]);
+        s.stdout_fd = TAKE_FD(out[0]);
+        s.stderr_fd = TAKE_FD(err[0]);
+        s.status_fd = TAKE_FD(st[0]);
+        s.ctl_fd = TAKE_FD(ctl[1]);
+        s.block_fd = TAKE_FD(blk[0]);
+        s.pidfd = pidfd_open_(s.pid);
+        if (s.pidfd < 0) {
+                k = -errno;
+                goto finish;
+        }
+        sb->stem = s;
+        s = STEM_NULL;
+        k = 0;
+
+finish:
+        safe_close(in[0]);
+        safe_close(in[1]);
+        safe_close(out[0]);
+        safe_close(out[1]);
+        safe_close(err[0]);
+        safe_close(err[1]);
+        safe_close(st[0]);
+        safe_close(st[1]);
+        safe_close(ctl[0]);
+        safe_close(ctl[1]);
+        safe_close(blk[0]);
+        return k;
+}
+
+static int on_stem_event(sd_event_source *source, void *userdata) {
+        Sandbox *sb = userdata;
+        int k;
+
+        k = stem_spawn(sb);
+        if (k < 0)
+                log_debug_errno(k, "Could not prepare the next run's sandbox: %m");
+        return 0;
+}
+
+/* Prepares a stem for the next run once the loop has nothing else to do. */
+static void stem_schedule(Sandbox *sb, sd_event *e) {
+        int k;
+
+        if (sb->stem.pid > 0)
+                return;
+        if (sb->stem_event && sd_event_source_get_event(sb->stem_event) != e)
+                sb->stem_event = sd_event_source_disable_unref(sb->stem_event);
+        if (!sb->stem_event) {
+                k = sd_event_add_defer(e, &sb->stem_event, on_stem_event, sb);
+                if (k >= 0)
+                        k = sd_event_source_set_priority(sb->stem_event, SD_EVENT_PRIORITY_IDLE);
+                if (k < 0) {
+                        log_debug_errno(k, "Could not schedule the next run's sandbox: %m");
+                        sb->stem_event = sd_event_source_disable_unref(sb->stem_event);
+                        return;
+                }
+        }
+        (void) sd_event_source_set_enabled(sb->stem_event, SD_EVENT_ONESHOT);
+}
+
+/* Sends the stem its command line and hands its process and pipes to the run. */
+static int stem_go(SandboxRun *r, char **argv) {
+        Stem *s = &r->stem;
+        size_t size = 0;
+        uint32_t hdr[2];
+        struct iovec iov[2];
+        _cleanup_free_ char *msg = NULL;
+        char *p;
+        ssize_t k;
+
+        for (char **a = argv; *a; a++)
+                size += strlen(*a) + 1;
+        if (size == 0 || size > STEM_MSG_MAX || strv_length(argv) >= STEM_ARGC_MAX)
+                return -E2BIG;
+        msg = malloc(size);
+        if (!msg)
+                return -ENOMEM;
+        p = msg;
+        for (char **a = argv; *a; a++)
+                p = stpcpy(p, *a) + 1;
+
+        hdr[0] = STEM_MAGIC;
+        hdr[1] = (uint32_t) size;
+        iov[0] = (struct iovec) { .iov_base = hdr, .iov_len = sizeof hdr };
+        iov[1] = (struct iovec) { .iov_base = msg, .iov_len = size };
+        /* less than the pipe's capacity: complete at once, or the stem is gone (EPIPE) */
+        k = writev(s->ctl_fd, iov, 2);
+        if (k < 0)
+                return -errno;
+        if ((size_t) k != sizeof hdr + size)
+                return -EIO;
+
+        s->ctl_fd = safe_close(s->ctl_fd);
+        r->pid = s->pid;
+        r->pidfd = TAKE_FD(s->pidfd);
+        r->stdin_fd = TAKE_FD(s->stdin_fd);
+        r->out[0].fd = TAKE_FD(s->stdout_fd);
+        r->out[1].fd = TAKE_FD(s->stderr_fd);
+        r->status_fd = TAKE_FD(s->status_fd);
+        r->block_fd = TAKE_FD(s->block_fd);
+        s->pid = 0;
+        return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -970,6 +1336,8 @@ static int on_done(sd_event_source *s, void *userdata) {
         return 0;
 }
 
+static void exit_watch_stop(SandboxRun *r);
+
 static void run_finish(SandboxRun *r) {
         SandboxResult *res = &r->result;
         Output *out = &r->out[0], *err = &r->out[1];
@@ -981,6 +1349,7 @@ static void run_finish(SandboxRun *r) {
         r->ttl_timer = sd_event_source_disable_unref(r->ttl_timer);
         r->runtime_timer = sd_event_source_disable_unref(r->runtime_timer);
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
+        exit_watch_stop(r);
         slot_release(r);
 
         res->uid = r->uid;
@@ -1106,6 +1475,7 @@ static void phase_end(SandboxRun *r);
 static void phase_cleanup_sync(SandboxRun *r) {
         int k;
 
+        stem_discard(&r->stem);
         stdin_close(r);
         if (r->pid > 0 && !r->child_exited) {
                 siginfo_t si;
@@ -1118,8 +1488,10 @@ static void phase_cleanup_sync(SandboxRun *r) {
                 run_kill_processes(r);
         r->child_source = sd_event_source_disable_unref(r->child_source);
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
+        exit_watch_stop(r);
         r->pidfd = safe_close(r->pidfd);
         r->status_fd = safe_close(r->status_fd);
+        r->block_fd = safe_close(r->block_fd);
         output_close(&r->out[0]);
         output_close(&r->out[1]);
 
@@ -1132,9 +1504,7 @@ static void phase_cleanup_sync(SandboxRun *r) {
                         (void) cgroup_kill(r->cgroup);
                         (void) usleep(5000);
                 }
-                k = cgroup_remove(r->cgroup);
-                if (k < 0)
-                        log_warning_errno(k, "Failed to remove cgroup %s: %m", cgroup_path(r->cgroup));
+                /* the slot's group stays; the next run in the slot checks that it is empty */
                 r->cgroup = cgroup_free(r->cgroup);
         }
         k = workdir_destroy(&r->workdir);
@@ -1144,15 +1514,53 @@ static void phase_cleanup_sync(SandboxRun *r) {
         r->pid = 0;
 }
 
-static void phase_settle(SandboxRun *r);
+static void phase_settle(SandboxRun *r, bool tick);
 
 static int on_settle_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        phase_settle(userdata);
+        phase_settle(userdata, true);
         return 0;
 }
 
-/* After the main process exited: wait until the outputs are drained and the cgroup is empty. */
-static void phase_settle(SandboxRun *r) {
+static void exit_watch_stop(SandboxRun *r) {
+        for (size_t i = 0; i < SETTLE_WATCH_MAX; i++)
+                r->exit_watch[i] = sd_event_source_disable_unref(r->exit_watch[i]);
+}
+
+static int on_exit_watch(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        SandboxRun *r = userdata;
+
+        for (size_t i = 0; i < SETTLE_WATCH_MAX; i++)
+                if (r->exit_watch[i] == s)
+                        r->exit_watch[i] = sd_event_source_disable_unref(s);
+        phase_settle(r, false);
+        return 0;
+}
+
+/* Wakes phase_settle() when a process still in the cgroup exits (typically bubblewrap's PID 1,
+ * tearing the sandbox's namespaces down), rather than at the next tick. */
+static void exit_watch_start(SandboxRun *r) {
+        pid_t pids[SETTLE_WATCH_MAX];
+        int n;
+
+        exit_watch_stop(r);
+        n = cgroup_list_pids(r->cgroup, pids, SETTLE_WATCH_MAX);
+        for (int i = 0; i < n; i++) {
+                int fd = pidfd_open_(pids[i]);
+
+                if (fd < 0)
+                        continue; /* gone already */
+                if (sd_event_add_io(r->event, &r->exit_watch[i], fd, EPOLLIN, on_exit_watch, r) < 0 ||
+                    sd_event_source_set_io_fd_own(r->exit_watch[i], true) < 0) {
+                        if (!r->exit_watch[i])
+                                safe_close(fd);
+                        r->exit_watch[i] = sd_event_source_disable_unref(r->exit_watch[i]);
+                }
+        }
+}
+
+/* After the main process exited: wait until the outputs are drained and the cgroup is empty.
+ * tick: called by the timer, i.e. the group did not empty in time by itself. */
+static void phase_settle(SandboxRun *r, bool tick) {
         bool outputs_done = r->out[0].fd < 0 && r->out[1].fd < 0;
         int populated = 0, k;
 
@@ -1177,8 +1585,12 @@ static void phase_settle(SandboxRun *r) {
                 phase_end(r);
                 return;
         }
-        if (populated > 0)
+        if (populated > 0) {
                 (void) cgroup_kill(r->cgroup);
+                if (tick) /* still there a tick later */
+                        (void) kill_uid(r->uid);
+                exit_watch_start(r);
+        }
 
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
         k = sd_event_add_time_relative(r->event, &r->settle_timer, CLOCK_MONOTONIC, SETTLE_INTERVAL_USEC, 1,
@@ -1198,9 +1610,14 @@ static void read_status_fd(SandboxRun *r) {
                 k = read(r->status_fd, buf, sizeof buf);
         r->status_fd = safe_close(r->status_fd);
 
-        if (k > 0 && buf[0] == 'x')
-                r->sandbox_ready = true; /* the sandbox was set up and the program started */
-        else if (k >= (ssize_t) sizeof(ChildError) && buf[0] == 'E') {
+        /* bubblewrap took the block pipe's byte: it got as far as starting the program */
+        if (r->block_fd >= 0) {
+                char c;
+                r->sandbox_ready = read(r->block_fd, &c, 1) == 0;
+        }
+        r->block_fd = safe_close(r->block_fd);
+
+        if (k >= (ssize_t) sizeof(ChildError) && buf[0] == 'E') {
                 ChildError e;
                 memcpy(&e, buf, sizeof e);
                 run_set_error(r, -e.error, "Sandbox setup failed (%s): %m",
@@ -1243,13 +1660,17 @@ static int on_child(sd_event_source *s, int fd, uint32_t revents, void *userdata
         read_status_fd(r);
 
         /* Nothing of the run outlives its main process: bubblewrap's PID namespace goes down
-         * with it anyway, this makes sure. */
-        if (r->cgroup && cgroup_is_populated(r->cgroup) > 0) {
+         * with it anyway (the kernel kills what is left in it when its PID 1 exits), this makes
+         * sure. What is typically left is that PID 1, reparented to us and exiting or a zombie:
+         * reaped first, a zombie does not count; one still exiting is killed through the cgroup
+         * and phase_settle() goes on until the group is empty (with kill_uid() if something is
+         * still there a tick later, not here: that fork would be for nothing in nearly every
+         * run). */
+        reap_orphans(r->sandbox);
+        if (r->cgroup && cgroup_is_populated(r->cgroup) > 0)
                 (void) cgroup_kill(r->cgroup);
-                (void) kill_uid(r->uid);
-        }
         r->settle_start = now_mono();
-        phase_settle(r);
+        phase_settle(r, false);
         return 0;
 }
 
@@ -1302,7 +1723,7 @@ static int on_output(sd_event_source *s, int fd, uint32_t revents, void *userdat
                 /* EOF (or a read error: same thing here) */
                 output_close(o);
                 if (r->child_exited)
-                        phase_settle(r);
+                        phase_settle(r, false);
                 return 0;
         }
         return 0;
@@ -1368,7 +1789,7 @@ static int build_argv(SandboxRun *r, char *const *cmd, char ***ret) {
                 k = name ? strv_pushv(&a, &n, "--setenv", name, eq + 1, NULL) : -ENOMEM;
         }
         if (k >= 0)
-                k = strv_pushv(&a, &n, "--", sb->shell, "-c", READY_SHIM, "sh", NULL);
+                k = strv_pushv(&a, &n, "--block-fd", "3", "--", NULL);
         for (char *const *c = cmd; *c && k >= 0; c++)
                 k = strv_push(&a, &n, *c);
         if (k < 0) {
@@ -1383,7 +1804,7 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         Sandbox *sb = r->sandbox;
         _cleanup_(strv_freep) char **argv = NULL;
         int in[2] = { -EBADF, -EBADF }, out[2] = { -EBADF, -EBADF }, err[2] = { -EBADF, -EBADF },
-            st[2] = { -EBADF, -EBADF };
+            st[2] = { -EBADF, -EBADF }, blk[2] = { -EBADF, -EBADF };
         ChildSetup c;
         pid_t pid;
         int k;
@@ -1392,8 +1813,17 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         if (k < 0)
                 return k;
 
+        if (r->stem.pid > 0) {
+                k = stem_go(r, argv);
+                if (k >= 0)
+                        goto started;
+                log_debug_errno(k, "Sandbox slot %u: the prepared child is not usable, forking another: %m",
+                                (unsigned) r->uid);
+                stem_discard(&r->stem);
+        }
+
         if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
-            (k = make_pipe(st)) < 0)
+            (k = make_pipe(st)) < 0 || (k = make_block_pipe(blk)) < 0)
                 goto fail;
 
         c = (ChildSetup) {
@@ -1401,6 +1831,8 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
                 .stdout_fd = out[1],
                 .stderr_fd = err[1],
                 .status_fd = st[1],
+                .block_fd = blk[0],
+                .ctl_fd = -EBADF,
                 .uid = r->uid,
                 .parent = getpid(),
                 .file_size_max = sb->settings.file_size_max,
@@ -1428,11 +1860,13 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         r->out[0].fd = TAKE_FD(out[0]);
         r->out[1].fd = TAKE_FD(err[0]);
         r->status_fd = TAKE_FD(st[0]);
+        r->block_fd = TAKE_FD(blk[0]);
 
         r->pidfd = pidfd_open_(pid);
         if (r->pidfd < 0)
                 return -errno; /* the caller cleans up, killing pid */
 
+started:
         if ((k = set_nonblock(r->stdin_fd)) < 0 || (k = set_nonblock(r->out[0].fd)) < 0 ||
             (k = set_nonblock(r->out[1].fd)) < 0 || (k = set_nonblock(r->status_fd)) < 0)
                 return k;
@@ -1463,6 +1897,7 @@ fail:
         safe_close(err[1]);
         safe_close(st[0]);
         safe_close(st[1]);
+        safe_close(blk[0]);
         return k;
 }
 
@@ -1501,11 +1936,6 @@ static int phase_prepare_workdir(SandboxRun *r, RunPhase phase) {
 
 static int phase_begin(SandboxRun *r, RunPhase phase) {
         Sandbox *sb = r->sandbox;
-        CGroupLimits limits = {
-                .memory_max = sb->settings.memory_max,
-                .pids_max = sb->settings.pids_max,
-                .cpu_quota_percent = sb->settings.cpu_quota_percent,
-        };
         char *const *cmd = phase == PHASE_BUILD ? r->runner->compile_argv : r->runner->run_argv;
         int k;
 
@@ -1523,14 +1953,10 @@ static int phase_begin(SandboxRun *r, RunPhase phase) {
                 goto fail;
         }
 
-        k = cgroup_new(sb->cgroup_root, r->slot_name, &limits, &r->cgroup);
-        if (k == -EEXIST) {
-                k = cgroup_trim(sb->cgroup_root, r->slot_name, TRIM_TIMEOUT_USEC);
-                if (k >= 0)
-                        k = cgroup_new(sb->cgroup_root, r->slot_name, &limits, &r->cgroup);
-        }
+        /* the first phase has it from slot_acquire() */
+        k = r->cgroup ? 0 : slot_open_cgroup(sb, r->slot_name, &r->cgroup);
         if (k < 0) {
-                run_set_error(r, k, "Failed to create the cgroup %s of the run: %m", r->slot_name);
+                run_set_error(r, k, "Failed to set up the cgroup %s of the run: %m", r->slot_name);
                 goto fail;
         }
 
@@ -1558,6 +1984,7 @@ static void phase_end(SandboxRun *r) {
         int k;
 
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
+        exit_watch_stop(r);
         output_close(&r->out[0]);
         output_close(&r->out[1]);
 
@@ -1578,14 +2005,7 @@ static void phase_end(SandboxRun *r) {
                 } else
                         log_warning_errno(k, "Failed to read the statistics of cgroup %s: %m", cgroup_path(r->cgroup));
 
-                for (unsigned i = 0; i < 50; i++) {
-                        k = cgroup_remove(r->cgroup);
-                        if (k != -EBUSY)
-                                break;
-                        (void) usleep(1000);
-                }
-                if (k < 0)
-                        log_warning_errno(k, "Failed to remove cgroup %s (left for later): %m", cgroup_path(r->cgroup));
+                /* empty now (phase_settle()); kept for the slot's next run */
                 r->cgroup = cgroup_free(r->cgroup);
         }
 
@@ -1682,6 +2102,7 @@ SandboxRun *sandbox_run_free(SandboxRun *r) {
         r->ttl_timer = sd_event_source_disable_unref(r->ttl_timer);
         r->runtime_timer = sd_event_source_disable_unref(r->runtime_timer);
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
+        exit_watch_stop(r);
         r->done_event = sd_event_source_disable_unref(r->done_event);
         r->child_source = sd_event_source_disable_unref(r->child_source);
         stdin_close(r);
@@ -1691,6 +2112,7 @@ SandboxRun *sandbox_run_free(SandboxRun *r) {
         output_reset(&r->out[1]);
         r->pidfd = safe_close(r->pidfd);
         r->status_fd = safe_close(r->status_fd);
+        r->block_fd = safe_close(r->block_fd);
         slot_release(r);
 
         if (r->runner)
@@ -1729,7 +2151,8 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
         r = calloc(1, sizeof *r);
         if (!r)
                 return -ENOMEM;
-        r->lock_fd = r->pidfd = r->status_fd = r->stdin_fd = r->out[0].fd = r->out[1].fd = -EBADF;
+        r->lock_fd = r->pidfd = r->status_fd = r->block_fd = r->stdin_fd = r->out[0].fd = r->out[1].fd = -EBADF;
+        r->stem = STEM_NULL;
         r->workdir = WORKDIR_NULL;
         r->event = sd_event_ref(e);
         r->callback = cb;
@@ -1755,9 +2178,19 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
                                       ? USEC_INFINITY
                                       : r->start_time + max_runtime;
 
-        k = slot_acquire(sb, r);
-        if (k < 0)
-                return k;
+        if (sb->stem.pid > 0) {
+                /* prepared for us: the slot, and a child in its cgroup (its pipes, pid, pidfd) */
+                slot_give(r, &sb->stem);
+                r->stem = sb->stem;
+                sb->stem = STEM_NULL;
+        } else {
+                Stem slot = STEM_NULL;
+
+                k = slot_acquire(sb, &slot);
+                if (k < 0)
+                        return k;
+                slot_give(r, &slot);
+        }
         r->sandbox = sb;
         r->next = sb->runs;
         if (sb->runs)
@@ -1800,6 +2233,9 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
         /* from here on, failures are reported through the callback, with their reason */
         if (phase_begin(r, first) < 0)
                 run_finish(r);
+
+        /* the next run's slot and child, while this one runs */
+        stem_schedule(sb, e);
 
         *ret = TAKE_PTR(r);
         return 0;

@@ -14,12 +14,19 @@
  * Per run: a slot = a dedicated UID/GID from [uid_min, uid_max] (slots are locked with
  * flock() on files in runtime_dir, so several worker processes on one host can share the
  * range); a fresh working directory (a size-limited tmpfs by default) holding only the
- * program; a fresh cgroup with memory (no swap), pids and CPU limits; rlimits; bubblewrap
- * with every namespace unshared, a read-only /usr, no host /etc beyond what the runtime needs.
- * Stdout and stderr are read concurrently, each up to output_max; stdin is written from the
- * loop. At the TTL deadline, at the max run time, on output overflow or on
+ * program; the slot's cgroup with memory (no swap), pids and CPU limits — kept from run to
+ * run, checked empty (anything left in it killed) and its statistics counted afresh for each
+ * run; rlimits; bubblewrap with every namespace unshared, a read-only /usr, no host /etc beyond
+ * what the runtime needs. Stdout and stderr are read concurrently, each up to output_max; stdin
+ * is written from the loop. At the TTL deadline, at the max run time, on output overflow or on
  * sandbox_run_kill() the whole cgroup is killed at once. The callback runs only after every
- * process of the run is gone, the cgroup and the working directory removed.
+ * process of the run is gone, the cgroup empty and the working directory removed.
+ * sandbox_free() removes the cgroups of the slots it used (those no other process holds).
+ *
+ * The next run is prepared while the loop is idle (typically while the current run goes on):
+ * a slot is taken and cleaned up and a child forked into its cgroup, where it waits to become
+ * the next run's bubblewrap. So one slot of the range stays taken by each idle sandbox, and
+ * the process has one more child (root, in that slot's cgroup, holding nothing of any run).
  *
  * Process requirements and side effects of sandbox_new(): runs as root; SIGCHLD must not be
  * SIG_IGN (children are reaped through pidfds, so SIGCHLD need not be blocked); SIGPIPE is

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The sandbox, for real: bubblewrap, cgroups, slot UIDs, Python and Mono. The compat cases of
  * the older system, then the escape battery: every case asserts the verdict and that the host
- * is untouched — no process of the slot UID left, the run's cgroup and working directory
+ * is untouched — no process of the slot UID left, the slot's cgroup empty, the working directory
  * removed, host files unchanged. Needs root, bubblewrap and the memory/pids/cpu cgroup
  * controllers (exit 77 without); no other services. */
 #include <setjmp.h>
@@ -101,6 +101,19 @@ static unsigned processes_of(uid_t uid) {
         return n;
 }
 
+/* The slot's cgroup, which is kept for the slot's next run, has no process in it (or is gone). */
+static void assert_slot_cgroup_empty(uid_t uid) {
+        char path[512];
+        const char *procs;
+
+        snprintf(path, sizeof path, "%s/slot-%u/cgroup.procs", sandbox_cgroup_root(sb), (unsigned) uid);
+        procs = read_str(path);
+        if (procs)
+                assert_string_equal(procs, "");
+        else
+                assert_int_equal(errno, ENOENT);
+}
+
 /* Nothing of the run is left on the host. */
 static void assert_clean(const SandboxResult *res) {
         char path[512];
@@ -109,8 +122,7 @@ static void assert_clean(const SandboxResult *res) {
 
         assert_true(res->uid >= TEST_UID_MIN && res->uid <= TEST_UID_SINGLE + 15);
         assert_int_equal(processes_of(res->uid), 0);
-        snprintf(path, sizeof path, "%s/slot-%u", sandbox_cgroup_root(sb), (unsigned) res->uid);
-        assert_int_equal(access(path, F_OK), -1);
+        assert_slot_cgroup_empty(res->uid);
         snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u", (unsigned) res->uid);
         assert_int_equal(access(path, F_OK), -1);
 
@@ -643,6 +655,223 @@ static void test_cs_write_outside(void **state) {
         sandbox_result_done(&res);
 }
 
+/* The slot's cgroup is kept from run to run: the kernel's counters (OOM kills, refused forks,
+ * CPU time, peak memory) are the run's own, not those of earlier runs in the slot. */
+static void test_verdicts_per_run(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *one = NULL;
+        _cleanup_free_ char *error = NULL;
+        SandboxSettings s;
+        SandboxResult res = {};
+        uid_t uid;
+
+        test_settings(&s);
+        s.uid_min = s.uid_max = TEST_UID_SINGLE + 1;
+        if (sandbox_new(&s, &one, &error) < 0)
+                fail_msg("%s", strna(error));
+
+        run_full(one, LANGUAGE_PYTHON, "a = []\nwhile True:\n    a.append(bytearray(10 ** 7))\n", NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_MEMORY_LIMIT);
+        assert_true(res.oom_kills > 0);
+        assert_true(res.memory_peak > 128 * 1024 * 1024);
+        uid = res.uid;
+        sandbox_result_done(&res);
+
+        run_full(one, LANGUAGE_PYTHON, "import os\nwhile True:\n    os.fork()\n", NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_PIDS_LIMIT);
+        assert_int_equal(res.uid, uid);
+        assert_int_equal(res.oom_kills, 0);
+        assert_true(res.pids_max_events > 0);
+        sandbox_result_done(&res);
+
+        run_full(one, LANGUAGE_PYTHON, "import time\ntime.sleep(0.3)\nprint(1, end='')\n", NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_int_equal(res.uid, uid);
+        assert_string_equal(res.stdout_data, "1");
+        assert_int_equal(res.oom_kills, 0);
+        assert_int_equal(res.pids_max_events, 0);
+        assert_true(res.memory_peak < 128 * 1024 * 1024);
+        /* the fork bomb burnt CPU for a while; this run mostly slept */
+        assert_true(res.cpu_usec < res.duration / 2);
+        assert_clean(&res);
+        sandbox_result_done(&res);
+}
+
+/* A process left in a slot's cgroup (a crashed predecessor) is killed before the slot's next
+ * run, and the run is not disturbed by it. */
+static void test_slot_cgroup_leftover(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *one = NULL;
+        _cleanup_free_ char *error = NULL;
+        SandboxSettings s;
+        SandboxResult res = {};
+        char path[512], pidbuf[32];
+        int status, p[2];
+        pid_t pid;
+
+        test_settings(&s);
+        s.uid_min = s.uid_max = TEST_UID_SINGLE + 2;
+        if (sandbox_new(&s, &one, &error) < 0)
+                fail_msg("%s", strna(error));
+
+        /* a first run makes the slot's group */
+        run_full(one, LANGUAGE_PYTHON, "print(1, end='')\n", NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        sandbox_result_done(&res);
+
+        /* a process of someone else's UID in it, as a crashed worker's run would leave */
+        snprintf(path, sizeof path, "%s/slot-%u/cgroup.procs", sandbox_cgroup_root(one), (unsigned) s.uid_min);
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                snprintf(pidbuf, sizeof pidbuf, "%d", (int) getpid());
+                if (write_str(path, pidbuf, 0644) < 0)
+                        _exit(1);
+                (void) !write(p[1], "x", 1);
+                for (;;)
+                        pause();
+        }
+        close(p[1]);
+        assert_int_equal(read(p[0], pidbuf, 1), 1);
+        close(p[0]);
+
+        run_full(one, LANGUAGE_PYTHON, "print(2, end='')\n", NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_string_equal(res.stdout_data, "2");
+        sandbox_result_done(&res);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+        assert_string_equal(read_str(path), "");
+}
+
+/* The next run's child is prepared while a run goes on (a root process waiting in a free
+ * slot's cgroup, holding nothing of any run); sandbox_free() kills it and removes the slots'
+ * cgroups. */
+static void test_prepared_child(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *two = NULL;
+        _cleanup_free_ char *error = NULL, *root = NULL;
+        SandboxSettings s;
+        SandboxResult res = {};
+        char path[2][512], *procs;
+        pid_t stem = 0;
+        uid_t first;
+        int n = 0;
+
+        test_settings(&s);
+        s.uid_min = TEST_UID_SINGLE + 3;
+        s.uid_max = TEST_UID_SINGLE + 4;
+        if (sandbox_new(&s, &two, &error) < 0)
+                fail_msg("%s", strna(error));
+        root = strdup(sandbox_cgroup_root(two));
+        assert_non_null(root);
+        for (unsigned i = 0; i < 2; i++)
+                snprintf(path[i], sizeof path[i], "%s/slot-%u", root, (unsigned) (s.uid_min + i));
+
+        /* a run of some length: the child for the next one is made meanwhile, in the other slot */
+        run_full(two, LANGUAGE_PYTHON, "import time\ntime.sleep(0.5)\nprint(1, end='')\n", NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        for (unsigned i = 0; i < 2; i++) {
+                char p[600];
+
+                snprintf(p, sizeof p, "%s/cgroup.procs", path[i]);
+                procs = read_str(p);
+                assert_non_null(procs);
+                if (s.uid_min + i == res.uid)
+                        assert_string_equal(procs, "");
+                else {
+                        char status[64], *line;
+
+                        stem = (pid_t) atoi(procs);
+                        assert_true(stem > 0);
+                        assert_ptr_equal(strchr(procs, '\n'), procs + strlen(procs) - 1); /* just one */
+                        snprintf(status, sizeof status, "/proc/%d/status", (int) stem);
+                        line = strstr(read_str(status), "\nUid:");
+                        assert_non_null(line);
+                        assert_int_equal(strtoul(line + 5, NULL, 10), 0);
+                        n++;
+                }
+        }
+        assert_int_equal(n, 1);
+        first = res.uid;
+        sandbox_result_done(&res);
+
+        /* the second run takes it: the other slot, and the child is the run's (gone with it) */
+        run_full(two, LANGUAGE_PYTHON, "import sys\nprint(sys.stdin.read(), end='')\n", "through the stem", 0, 0,
+                 &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_string_equal(res.stdout_data, "through the stem");
+        assert_int_not_equal(res.uid, first);
+        assert_int_equal(kill(stem, 0), -1);
+        assert_clean(&res);
+        sandbox_result_done(&res);
+
+        two = sandbox_free(two);
+        for (unsigned i = 0; i < 2; i++) {
+                assert_int_equal(access(path[i], F_OK), -1);
+                assert_int_equal(processes_of(s.uid_min + i), 0);
+        }
+}
+
+/* The program gets stdin, stdout and stderr, and no other fd of ours (the status and block
+ * pipes of the set-up, other runs' pipes, cgroup files). */
+static void test_py_no_fds_leaked(void **state) {
+        SandboxResult res = {};
+
+        run(LANGUAGE_PYTHON,
+            "import os\n"
+            "fds = []\n"
+            "for fd in range(3, 1024):\n"
+            "    try:\n"
+            "        os.fstat(fd)\n"
+            "        fds.append(fd)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "print(fds, end='')\n",
+            NULL, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_string_equal(res.stdout_data, "[]");
+        assert_clean(&res);
+        sandbox_result_done(&res);
+}
+
+/* When bubblewrap cannot set the sandbox up, the run is an internal error with bubblewrap's
+ * reason, not the program's failure. */
+static void test_bwrap_setup_failure(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *bad = NULL;
+        _cleanup_free_ char *error = NULL;
+        char dir[] = "/tmp/dtask-test-bwrap-XXXXXX", path[64];
+        SandboxSettings s;
+        SandboxResult res = {};
+
+        /* a bubblewrap that is asked for a bind mount of something that does not exist */
+        assert_non_null(mkdtemp(dir));
+        assert_int_equal(chmod(dir, 0755), 0);
+        snprintf(path, sizeof path, "%s/bwrap", dir);
+        assert_int_equal(write_str(path,
+                                   "#!/bin/sh\n"
+                                   "[ \"$1\" = --version ] && exec /usr/bin/bwrap --version\n"
+                                   "exec /usr/bin/bwrap --ro-bind /nonexistent-dtask-test /x \"$@\"\n",
+                                   0755),
+                         0);
+        test_settings(&s);
+        s.uid_min = s.uid_max = TEST_UID_SINGLE + 5;
+        s.bwrap_path = path;
+        if (sandbox_new(&s, &bad, &error) < 0)
+                fail_msg("%s", strna(error));
+
+        run_full(bad, LANGUAGE_PYTHON, "print(1)\n", NULL, 0, 0, &res);
+        assert_int_equal(res.end, SANDBOX_END_FAILED);
+        assert_verdict(&res, SANDBOX_VERDICT_INTERNAL_ERROR);
+        assert_non_null(res.error_message);
+        assert_non_null(strstr(res.error_message, "bubblewrap failed to set up the sandbox"));
+        assert_non_null(strstr(res.error_message, "nonexistent-dtask-test"));
+        assert_int_equal(processes_of(res.uid), 0);
+        sandbox_result_done(&res);
+
+        bad = sandbox_free(bad);
+        assert_int_equal(unlink(path), 0);
+        assert_int_equal(rmdir(dir), 0);
+}
+
 /* Files in /tmp, /dev/shm, the working directory and $HOME of one run are not there in the
  * next run in the same slot (same UID) — nor on the host. */
 static void test_nothing_survives(void **state) {
@@ -900,8 +1129,7 @@ static void test_free_running(void **state) {
         assert_int_equal(processes_of(uid), 0);
         snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u", (unsigned) uid);
         assert_int_equal(access(path, F_OK), -1);
-        snprintf(path, sizeof path, "%s/slot-%u", sandbox_cgroup_root(sb), (unsigned) uid);
-        assert_int_equal(access(path, F_OK), -1);
+        assert_slot_cgroup_empty(uid);
 }
 
 typedef struct Victims {
@@ -1313,6 +1541,11 @@ int main(void) {
                 cmocka_unit_test(test_py_write_outside),
                 cmocka_unit_test(test_cs_write_outside),
                 cmocka_unit_test(test_nothing_survives),
+                cmocka_unit_test(test_verdicts_per_run),
+                cmocka_unit_test(test_slot_cgroup_leftover),
+                cmocka_unit_test(test_prepared_child),
+                cmocka_unit_test(test_py_no_fds_leaked),
+                cmocka_unit_test(test_bwrap_setup_failure),
                 cmocka_unit_test(test_py_infinite_output),
                 cmocka_unit_test(test_cs_infinite_output),
                 cmocka_unit_test(test_py_ttl_deadline),

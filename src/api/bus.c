@@ -10,7 +10,11 @@
 #define BUS_ERROR_NOT_FOUND "org.dtask.Tasks1.Error.NotFound"
 #define BUS_ERROR_CONFLICT "org.dtask.Tasks1.Error.Conflict"
 #define BUS_ERROR_UNAVAILABLE "org.dtask.Tasks1.Error.Unavailable"
+/* After changes the live counts (Pending, InProgress: read through the index of live tasks)
+ * are refreshed within COUNTS_DEBOUNCE_USEC; the terminal ones, a scan of the whole
+ * history, at most every COUNTS_FULL_INTERVAL_USEC. */
 #define COUNTS_DEBOUNCE_USEC (200 * USEC_PER_MSEC)
+#define COUNTS_FULL_INTERVAL_USEC (2 * USEC_PER_SEC)
 #define LIST_LIMIT_DEFAULT 100U
 #define LIST_LIMIT_MAX 1000U
 
@@ -23,12 +27,15 @@ struct ApiBus {
         /* cached task counts for the properties */
         uint64_t counts[_TASK_STATUS_MAX];
         sd_event_source *count_timer;
-        CountQuery *counting; /* in flight */
-        bool recount;         /* changes came in while counting */
+        CountQuery *counting;   /* in flight */
+        bool recount;           /* changes came in while counting */
+        bool full_due;          /* the terminal counts may be out of date */
+        usec_t full_counted_at; /* CLOCK_MONOTONIC start of the last count of every status */
 };
 
 struct CountQuery {
         ApiBus *bus; /* NULL once the bus object is gone */
+        bool full;   /* every status, not only the live ones */
 };
 
 typedef enum BusOp {
@@ -477,7 +484,7 @@ static const sd_bus_vtable manager_vtable[] = {
 
 /* ---- counts ---- */
 
-static void count_schedule(ApiBus *b);
+static void count_schedule(ApiBus *b, usec_t delay);
 
 static void on_counted(int error, const TaskStats *stats, void *userdata) {
         _cleanup_free_ CountQuery *q = userdata;
@@ -490,10 +497,13 @@ static void on_counted(int error, const TaskStats *stats, void *userdata) {
                 return; /* the bus object is gone */
         b->counting = NULL;
 
-        if (error < 0)
+        if (error < 0) {
                 log_debug_errno(error, "Failed to count tasks for D-Bus: %m");
-        else
+                b->full_due = b->full_due || q->full;
+        } else
                 for (TaskStatus s = 0; s < _TASK_STATUS_MAX; s++) {
+                        if (!q->full && task_status_is_terminal(s))
+                                continue;
                         if (b->counts[s] == stats->counts[s])
                                 continue;
                         b->counts[s] = stats->counts[s];
@@ -509,7 +519,11 @@ static void on_counted(int error, const TaskStats *stats, void *userdata) {
 
         if (b->recount || error < 0) {
                 b->recount = false;
-                count_schedule(b);
+                count_schedule(b, COUNTS_DEBOUNCE_USEC);
+        } else if (b->full_due) {
+                usec_t now = now_usec(CLOCK_MONOTONIC), due = b->full_counted_at + COUNTS_FULL_INTERVAL_USEC;
+
+                count_schedule(b, MAX(due > now ? due - now : 0, COUNTS_DEBOUNCE_USEC));
         }
 }
 
@@ -528,16 +542,21 @@ static int on_count_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         if (!q)
                 return log_oom();
         q->bus = b;
-        r = task_store_stats(b->manager->store, on_counted, q);
+        q->full = b->full_due && (b->full_counted_at == 0 || usec >= b->full_counted_at + COUNTS_FULL_INTERVAL_USEC);
+        r = task_store_stats(b->manager->store, !q->full, on_counted, q);
         if (r < 0) {
                 log_debug_errno(r, "Failed to count tasks for D-Bus: %m");
                 return 0;
+        }
+        if (q->full) {
+                b->full_due = false;
+                b->full_counted_at = usec;
         }
         b->counting = TAKE_PTR(q);
         return 0;
 }
 
-static void count_schedule(ApiBus *b) {
+static void count_schedule(ApiBus *b, usec_t delay) {
         int r;
 
         if (!b)
@@ -548,18 +567,21 @@ static void count_schedule(ApiBus *b) {
                 (void) sd_event_source_get_enabled(b->count_timer, &enabled);
                 if (enabled != SD_EVENT_OFF)
                         return; /* already due */
-                r = sd_event_source_set_time_relative(b->count_timer, COUNTS_DEBOUNCE_USEC);
+                r = sd_event_source_set_time_relative(b->count_timer, delay);
                 if (r >= 0)
                         r = sd_event_source_set_enabled(b->count_timer, SD_EVENT_ONESHOT);
         } else
-                r = sd_event_add_time_relative(b->manager->event, &b->count_timer, CLOCK_MONOTONIC,
-                                               COUNTS_DEBOUNCE_USEC, 10 * USEC_PER_MSEC, on_count_timer, b);
+                r = sd_event_add_time_relative(b->manager->event, &b->count_timer, CLOCK_MONOTONIC, delay,
+                                               10 * USEC_PER_MSEC, on_count_timer, b);
         if (r < 0)
                 log_debug_errno(r, "Failed to schedule counting tasks: %m");
 }
 
 void api_bus_refresh_counts(ApiBus *b) {
-        count_schedule(b);
+        if (!b)
+                return;
+        b->full_due = true;
+        count_schedule(b, COUNTS_DEBOUNCE_USEC);
 }
 
 void api_bus_task_changed(ApiBus *b, const char *id, TaskStatus status) {
@@ -572,7 +594,8 @@ void api_bus_task_changed(ApiBus *b, const char *id, TaskStatus status) {
                 if (r < 0)
                         log_debug_errno(r, "Failed to emit TaskChanged: %m");
         }
-        count_schedule(b);
+        b->full_due = true;
+        count_schedule(b, COUNTS_DEBOUNCE_USEC);
 }
 
 /* ---- connection ---- */

@@ -128,7 +128,7 @@ static int handle_metrics(HttpRequest *req, void *userdata) {
         r = http_request_suspend(req, on_metrics_abort, c);
         if (r < 0)
                 return r;
-        r = task_store_stats(m->store, on_stats, c);
+        r = task_store_stats(m->store, /* live_only= */ false, on_stats, c);
         if (r < 0) {
                 metrics_reply(c, NULL);
                 return 0;

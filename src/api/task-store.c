@@ -716,10 +716,15 @@ int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count
         return 0;
 }
 
-int task_store_stats(TaskStore *s, TaskStoreStatsCallback cb, void *userdata) {
-        static const char sql[] =
-                "SELECT status, count(*), " USEC("now() - min(created_at)") ", "
-                "count(*) FILTER (WHERE NOT published) FROM tasks GROUP BY status";
+int task_store_stats(TaskStore *s, bool live_only, TaskStoreStatsCallback cb, void *userdata) {
+#define STATS_SELECT                                                   \
+        "SELECT status, count(*), " USEC("now() - min(created_at)") ", " \
+        "count(*) FILTER (WHERE NOT published) FROM tasks "
+        static const char sql_all[] = STATS_SELECT "GROUP BY status";
+        /* the predicate of tasks_live_expiry_idx */
+        static const char sql_live[] = STATS_SELECT "WHERE status IN (0, 1) GROUP BY status";
+#undef STATS_SELECT
+        const char *sql = live_only ? sql_live : sql_all;
         _cleanup_(store_op_freep) StoreOp *op = op_new(s, OP_STATS, NULL, userdata);
         int r;
 

@@ -26,6 +26,7 @@ struct Job {
         char id[UUID_STRING_MAX];
         uint64_t delivery_tag;
         bool settled; /* the message was acked or rejected */
+        bool claimed; /* the claim is durable: the message is acked, never requeued */
         JobState state;
 
         /* from the claim */
@@ -192,9 +193,9 @@ Job *job_free(Job *j) {
         j->retry_timer = sd_event_source_disable_unref(j->retry_timer);
         /* kills a run still going, synchronously */
         j->run = sandbox_run_free(j->run);
-        /* a message never settled goes back to the queue */
+        /* a message never settled goes back to the queue, unless its task was claimed */
         if (j->manager && j->manager->consumer)
-                job_settle(j, false);
+                job_settle(j, j->claimed);
 
         free(j->code);
         free(j->input);
@@ -674,6 +675,9 @@ static void on_run_done(SandboxRun *run, SandboxResult *res, void *userdata) {
         r = report_from_result(j, res);
         /* res belongs to the run */
         j->run = sandbox_run_free(run);
+        /* The run is over: the ack lets the broker deliver the next message (prefetch is
+         * the concurrency) while the result is reported. */
+        job_settle(j, true);
 
         if (j->fenced) {
                 log_info("Task %s, attempt %u: run killed after %.3f s; the task is no longer ours, nothing to "
@@ -835,8 +839,11 @@ static void on_claimed(DtaskClient *c, int error, const DtaskTask *task, const D
         }
         (void) manager_claim_outcome(m, 0);
 
-        /* the claim is durable in PostgreSQL: the message has done its job */
-        job_settle(j, true);
+        /* The claim is durable in PostgreSQL. The message stays unacked while the task runs,
+         * so that the broker's prefetch (the concurrency) keeps further messages for idle
+         * workers; should this worker die, the broker hands it to another one, whose claim
+         * is refused (409) and drops it, while dtask-reaper rescues the task from the lease. */
+        j->claimed = true;
 
         if (job_take_task(j, task) < 0) {
                 log_oom();

@@ -255,20 +255,16 @@ void manager_update_status(Manager *m) {
 
 /* ---- flow control ----------------------------------------------------------------------- */
 
-/* The message is acked once the claim is durable, so prefetch alone does not bound the runs:
- * the consumer is paused while WORKER_CONCURRENCY tasks are being claimed or run, so that the
- * queue's other messages go to idle workers. */
+/* A message is acked when its run is over (or its claim failed), so the prefetch of
+ * WORKER_CONCURRENCY bounds the tasks being claimed or run, and the queue's other messages
+ * go to idle workers. The consumer is paused only while the worker stops. */
 static void manager_update_flow(Manager *m) {
-        unsigned busy = 0;
         int r;
 
         if (!m->consumer)
                 return;
-        for (Job *j = m->jobs; j; j = job_next(j))
-                if (job_state(j) == JOB_CLAIMING || job_state(j) == JOB_REQUEUE_WAIT || job_state(j) == JOB_RUNNING)
-                        busy++;
 
-        if (m->stopping || busy >= m->concurrency) {
+        if (m->stopping) {
                 if (!amqp_consumer_is_paused(m->consumer)) {
                         r = amqp_consumer_pause(m->consumer);
                         if (r < 0)

@@ -1114,8 +1114,11 @@ static void stem_discard(Stem *s) {
         if (s->pid > 0) {
                 siginfo_t si;
 
+                /* not reaped yet: the pid cannot have been reused */
                 if (s->pidfd >= 0)
                         (void) pidfd_send_signal_(s->pidfd, SIGKILL);
+                else
+                        (void) kill(s->pid, SIGKILL);
                 while (waitid(P_PID, (id_t) s->pid, &si, WEXITED) < 0 && errno == EINTR)
                         ;
                 s->pid = 0;
@@ -1131,23 +1134,19 @@ static void stem_discard(Stem *s) {
         s->workdir_path = mfree(s->workdir_path);
 }
 
-/* Takes a slot and forks the stem into its cgroup. */
-static int stem_spawn(Sandbox *sb) {
-        _cleanup_(stem_discard) Stem s = STEM_NULL;
+/* Forks the child of a run into the slot of uid and cgroup cg and fills the child part of
+ * ret (pid, pidfd, our ends of its pipes). argv NULL: a stem, which waits for its command
+ * line on ctl_fd; else the child executes argv at once. On failure ret may hold a child:
+ * stem_discard() it. */
+static int child_spawn(Sandbox *sb, uid_t uid, CGroup *cg, char **argv, Stem *ret) {
         int in[2] = { -EBADF, -EBADF }, out[2] = { -EBADF, -EBADF }, err[2] = { -EBADF, -EBADF },
             st[2] = { -EBADF, -EBADF }, ctl[2] = { -EBADF, -EBADF }, blk[2] = { -EBADF, -EBADF };
         ChildSetup c;
+        pid_t pid;
         int k;
 
-        if (sb->stem.pid > 0)
-                return 0;
-
-        k = slot_acquire(sb, &s);
-        if (k < 0)
-                return k;
-
         if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
-            (k = make_pipe(st)) < 0 || (k = make_pipe(ctl)) < 0 || (k = make_block_pipe(blk)) < 0)
+            (k = make_pipe(st)) < 0 || (!argv && (k = make_pipe(ctl)) < 0) || (k = make_block_pipe(blk)) < 0)
                 goto finish;
 
         c = (ChildSetup) {
@@ -1159,37 +1158,36 @@ static int stem_spawn(Sandbox *sb) {
                 .ctl_fd = ctl[0],
                 .msg_buf = sb->stem_buf,
                 .msg_argv = sb->stem_argv,
-                .uid = s.uid,
+                .uid = uid,
                 .parent = getpid(),
                 .file_size_max = sb->settings.file_size_max,
                 .open_files_max = sb->settings.open_files_max,
                 .nproc_max = 2 * sb->settings.pids_max + 16,
                 .bwrap = sb->bwrap,
+                .argv = argv,
         };
-        c.n_cgroup_fds = cgroup_procs_fds(s.cgroup, &c.cgroup_fds);
+        c.n_cgroup_fds = cgroup_procs_fds(cg, &c.cgroup_fds);
 
-        s.pid = fork();
-        if (s.pid < 0) {
+        pid = fork();
+        if (pid < 0) {
                 k = -errno;
-                s.pid = 0;
                 goto finish;
         }
-        if (s.pid == 0)
+        if (pid == 0)
                 child_exec(&c);
 
-        s.stdin_fd = TAKE_FD(in[1]);
-        s.stdout_fd = TAKE_FD(out[0]);
-        s.stderr_fd = TAKE_FD(err[0]);
-        s.status_fd = TAKE_FD(st[0]);
-        s.ctl_fd = TAKE_FD(ctl[1]);
-        s.block_fd = TAKE_FD(blk[0]);
-        s.pidfd = pidfd_open_(s.pid);
-        if (s.pidfd < 0) {
-                k = -errno;
+        ret->pid = pid;
+        ret->pidfd = pidfd_open_(pid);
+        if (ret->pidfd < 0) {
+                k = -errno; /* the caller's stem_discard() kills and reaps it */
                 goto finish;
         }
-        sb->stem = s;
-        s = STEM_NULL;
+        ret->stdin_fd = TAKE_FD(in[1]);
+        ret->stdout_fd = TAKE_FD(out[0]);
+        ret->stderr_fd = TAKE_FD(err[0]);
+        ret->status_fd = TAKE_FD(st[0]);
+        ret->ctl_fd = TAKE_FD(ctl[1]);
+        ret->block_fd = TAKE_FD(blk[0]);
         k = 0;
 
 finish:
@@ -1205,6 +1203,25 @@ finish:
         safe_close(ctl[1]);
         safe_close(blk[0]);
         return k;
+}
+
+/* Takes a slot and forks the stem into its cgroup. */
+static int stem_spawn(Sandbox *sb) {
+        _cleanup_(stem_discard) Stem s = STEM_NULL;
+        int k;
+
+        if (sb->stem.pid > 0)
+                return 0;
+
+        k = slot_acquire(sb, &s);
+        if (k < 0)
+                return k;
+        k = child_spawn(sb, s.uid, s.cgroup, /* argv= */ NULL, &s);
+        if (k < 0)
+                return k;
+        sb->stem = s;
+        s = STEM_NULL;
+        return 0;
 }
 
 static int on_stem_event(sd_event_source *source, void *userdata) {
@@ -1236,6 +1253,19 @@ static void stem_schedule(Sandbox *sb, sd_event *e) {
                 }
         }
         (void) sd_event_source_set_enabled(sb->stem_event, SD_EVENT_ONESHOT);
+}
+
+/* The child part of s (its process and our ends of its pipes) goes to the run. */
+static void child_give(SandboxRun *r, Stem *s) {
+        s->ctl_fd = safe_close(s->ctl_fd);
+        r->pid = s->pid;
+        r->pidfd = TAKE_FD(s->pidfd);
+        r->stdin_fd = TAKE_FD(s->stdin_fd);
+        r->out[0].fd = TAKE_FD(s->stdout_fd);
+        r->out[1].fd = TAKE_FD(s->stderr_fd);
+        r->status_fd = TAKE_FD(s->status_fd);
+        r->block_fd = TAKE_FD(s->block_fd);
+        s->pid = 0;
 }
 
 /* Sends the stem its command line and hands its process and pipes to the run. */
@@ -1270,15 +1300,7 @@ static int stem_go(SandboxRun *r, char **argv) {
         if ((size_t) k != sizeof hdr + size)
                 return -EIO;
 
-        s->ctl_fd = safe_close(s->ctl_fd);
-        r->pid = s->pid;
-        r->pidfd = TAKE_FD(s->pidfd);
-        r->stdin_fd = TAKE_FD(s->stdin_fd);
-        r->out[0].fd = TAKE_FD(s->stdout_fd);
-        r->out[1].fd = TAKE_FD(s->stderr_fd);
-        r->status_fd = TAKE_FD(s->status_fd);
-        r->block_fd = TAKE_FD(s->block_fd);
-        s->pid = 0;
+        child_give(r, s);
         return 0;
 }
 
@@ -1803,10 +1825,7 @@ static int build_argv(SandboxRun *r, char *const *cmd, char ***ret) {
 static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         Sandbox *sb = r->sandbox;
         _cleanup_(strv_freep) char **argv = NULL;
-        int in[2] = { -EBADF, -EBADF }, out[2] = { -EBADF, -EBADF }, err[2] = { -EBADF, -EBADF },
-            st[2] = { -EBADF, -EBADF }, blk[2] = { -EBADF, -EBADF };
-        ChildSetup c;
-        pid_t pid;
+        _cleanup_(stem_discard) Stem child = STEM_NULL;
         int k;
 
         k = build_argv(r, cmd, &argv);
@@ -1822,49 +1841,10 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
                 stem_discard(&r->stem);
         }
 
-        if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
-            (k = make_pipe(st)) < 0 || (k = make_block_pipe(blk)) < 0)
-                goto fail;
-
-        c = (ChildSetup) {
-                .stdin_fd = in[0],
-                .stdout_fd = out[1],
-                .stderr_fd = err[1],
-                .status_fd = st[1],
-                .block_fd = blk[0],
-                .ctl_fd = -EBADF,
-                .uid = r->uid,
-                .parent = getpid(),
-                .file_size_max = sb->settings.file_size_max,
-                .open_files_max = sb->settings.open_files_max,
-                .nproc_max = 2 * sb->settings.pids_max + 16,
-                .bwrap = sb->bwrap,
-                .argv = argv,
-        };
-        c.n_cgroup_fds = cgroup_procs_fds(r->cgroup, &c.cgroup_fds);
-
-        pid = fork();
-        if (pid < 0) {
-                k = -errno;
-                goto fail;
-        }
-        if (pid == 0)
-                child_exec(&c);
-
-        r->pid = pid;
-        in[0] = safe_close(in[0]);
-        out[1] = safe_close(out[1]);
-        err[1] = safe_close(err[1]);
-        st[1] = safe_close(st[1]);
-        r->stdin_fd = TAKE_FD(in[1]);
-        r->out[0].fd = TAKE_FD(out[0]);
-        r->out[1].fd = TAKE_FD(err[0]);
-        r->status_fd = TAKE_FD(st[0]);
-        r->block_fd = TAKE_FD(blk[0]);
-
-        r->pidfd = pidfd_open_(pid);
-        if (r->pidfd < 0)
-                return -errno; /* the caller cleans up, killing pid */
+        k = child_spawn(sb, r->uid, r->cgroup, argv, &child);
+        if (k < 0)
+                return k;
+        child_give(r, &child);
 
 started:
         if ((k = set_nonblock(r->stdin_fd)) < 0 || (k = set_nonblock(r->out[0].fd)) < 0 ||
@@ -1887,18 +1867,6 @@ started:
         } else
                 stdin_close(r); /* EOF right away */
         return 0;
-
-fail:
-        safe_close(in[0]);
-        safe_close(in[1]);
-        safe_close(out[0]);
-        safe_close(out[1]);
-        safe_close(err[0]);
-        safe_close(err[1]);
-        safe_close(st[0]);
-        safe_close(st[1]);
-        safe_close(blk[0]);
-        return k;
 }
 
 static int phase_prepare_workdir(SandboxRun *r, RunPhase phase) {

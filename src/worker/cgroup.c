@@ -12,6 +12,7 @@
 
 #include "cgroup.h"
 #include "log.h"
+#include "time-util.h"
 
 #define CGROUP_FS "/sys/fs/cgroup"
 #define CPU_PERIOD_USEC 100000
@@ -800,12 +801,25 @@ static int open_procs_fds(CGroup *cg) {
         return 0;
 }
 
+static bool limits_are_valid(const CGroupLimits *limits) {
+        return limits && limits->memory_max > 0 && limits->pids_max > 0 && limits->cpu_quota_percent > 0;
+}
+
+/* In every hierarchy of the group. */
+static int apply_limits_all(CGroup *cg, const CGroupLimits *limits) {
+        for (size_t i = 0; i < cg->n; i++) {
+                int r = apply_limits(cg->root, cg->dirs[i], cg->root->h[i].mask, limits);
+                if (r < 0)
+                        return log_debug_errno(r, "Failed to set limits of %s: %m", cg->dirs[i]);
+        }
+        return 0;
+}
+
 int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, CGroup **ret) {
         _cleanup_(cgroup_freep) CGroup *cg = NULL;
         int r;
 
-        if (!name_is_valid(name) || !limits || limits->memory_max == 0 || limits->pids_max == 0 ||
-            limits->cpu_quota_percent == 0)
+        if (!name_is_valid(name) || !limits_are_valid(limits))
                 return -EINVAL;
 
         cg = cgroup_alloc(root, name);
@@ -825,11 +839,9 @@ int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, C
                 }
         }
 
-        for (size_t i = 0; i < cg->n; i++) {
-                r = apply_limits(root, cg->dirs[i], root->h[i].mask, limits);
-                if (r < 0)
-                        return log_debug_errno(r, "Failed to set limits of %s: %m", cg->dirs[i]);
-        }
+        r = apply_limits_all(cg, limits);
+        if (r < 0)
+                return r;
         r = open_procs_fds(cg);
         if (r < 0)
                 return r;
@@ -842,8 +854,7 @@ static int get_stats_raw(CGroup *cg, CGroupStats *ret);
 
 /* Kills what is in the group until it is empty; -EBUSY after timeout_usec. */
 static int wait_empty(CGroup *cg, uint64_t timeout_usec) {
-        struct timespec ts;
-        uint64_t start = 0, now;
+        usec_t start = 0, now;
         int r;
 
         for (;;) {
@@ -851,8 +862,7 @@ static int wait_empty(CGroup *cg, uint64_t timeout_usec) {
                 if (r <= 0)
                         return r;
                 (void) cgroup_kill(cg);
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                now = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+                now = now_usec(CLOCK_MONOTONIC);
                 if (start == 0)
                         start = now;
                 else if (now - start > timeout_usec)
@@ -866,8 +876,7 @@ int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *lim
         _cleanup_(cgroup_freep) CGroup *cg = NULL;
         int r;
 
-        if (!name_is_valid(name) || !limits || limits->memory_max == 0 || limits->pids_max == 0 ||
-            limits->cpu_quota_percent == 0)
+        if (!name_is_valid(name) || !limits_are_valid(limits))
                 return -EINVAL;
 
         cg = cgroup_alloc(root, name);
@@ -887,11 +896,9 @@ int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *lim
                 return r;
 
         /* the configuration may have changed since the group was made */
-        for (size_t i = 0; i < cg->n; i++) {
-                r = apply_limits(root, cg->dirs[i], root->h[i].mask, limits);
-                if (r < 0)
-                        return log_debug_errno(r, "Failed to set limits of %s: %m", cg->dirs[i]);
-        }
+        r = apply_limits_all(cg, limits);
+        if (r < 0)
+                return r;
 
         /* The peak from here on. v1: writing resets the group's maximum to its current usage.
          * v2: a write resets the peak as seen through this fd (Linux 6.12+); older kernels
@@ -1264,8 +1271,7 @@ CGroup *cgroup_free(CGroup *cg) {
 
 int cgroup_trim(CGroupRoot *root, const char *name, uint64_t timeout_usec) {
         _cleanup_(cgroup_freep) CGroup *cg = NULL;
-        struct timespec ts;
-        uint64_t start, now;
+        usec_t start;
         bool exists = false;
         int r;
 
@@ -1282,17 +1288,14 @@ int cgroup_trim(CGroupRoot *root, const char *name, uint64_t timeout_usec) {
                 return 0;
         }
 
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        start = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+        start = now_usec(CLOCK_MONOTONIC);
         for (;;) {
                 /* live tasks block rmdir, zombies (maybe not even ours to reap) do not */
                 (void) cgroup_kill(cg);
                 r = cgroup_remove(cg);
                 if (r >= 0)
                         return 0;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                now = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
-                if (now - start > timeout_usec) {
+                if (now_usec(CLOCK_MONOTONIC) - start > timeout_usec) {
                         cg->removed = true; /* leave it to the next attempt */
                         return -EBUSY;
                 }

@@ -61,6 +61,13 @@ enum {
 #define INTERVAL_USEC(p) "(" p "::bigint * interval '1 microsecond')"
 #define OWNER_FILTER "($2::uuid IS NULL OR owner_id = $2::uuid)"
 
+/* Statements on one task by id test its status as an integer: the planner then cannot
+ * prove the predicate of a partial index by status (tasks_live_expiry_idx, tasks_lease_idx,
+ * ...) from them and looks the row up by primary key. Otherwise it picks such an index
+ * whenever the statistics still count the live tasks as the few they were at the last
+ * ANALYZE, as during any burst of work, and each claim reads the whole Pending backlog. */
+#define ROW_STATUS "status::integer"
+
 /* The row after a change, or the current row when nothing changed (then "applied" is false). */
 #define APPLIED_OR_CURRENT(where)                                                    \
         "SELECT " TASK_COLUMNS ", true FROM upd "                                    \
@@ -539,7 +546,7 @@ int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreC
                 "  output_truncated = false, retry_count = retry_count + 1, attempt = 0, "
                 "  expires_at = now() + ttl, lease_expires_at = NULL, worker = NULL, "
                 "  published = false, published_at = NULL, updated_at = now() "
-                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND status >= 2 RETURNING *) "
+                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND " ROW_STATUS " >= 2 RETURNING *) "
                 APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
         const char *values[] = { id, owner };
 
@@ -551,7 +558,7 @@ int task_store_cancel(TaskStore *s, const char *id, const char *owner, TaskStore
                 "WITH upd AS (UPDATE tasks SET status = 5, verdict = 'cancelled', completed_at = now(), "
                 "  error_message = COALESCE(error_message, 'Task cancelled'), lease_expires_at = NULL, "
                 "  updated_at = now() "
-                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND status IN (0, 1) RETURNING *), "
+                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND " ROW_STATUS " IN (0, 1) RETURNING *), "
                 "att AS (UPDATE task_attempts a SET ended_at = upd.completed_at, status = 5, verdict = 'cancelled' "
                 "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
                 "  AND a.attempt = upd.attempt AND a.ended_at IS NULL) "
@@ -566,10 +573,10 @@ int task_store_claim(TaskStore *s, const char *id, const char *worker, usec_t le
         static const char sql[] =
                 "WITH upd AS (UPDATE tasks SET status = 1, attempt = attempt + 1, started_at = now(), "
                 "  lease_expires_at = now() + " INTERVAL_USEC("$2") ", worker = $3, updated_at = now() "
-                "  WHERE id = $1::uuid AND status = 0 AND expires_at > now() RETURNING *), "
+                "  WHERE id = $1::uuid AND " ROW_STATUS " = 0 AND expires_at > now() RETURNING *), "
                 "expired AS (UPDATE tasks SET status = 4, error_message = 'Task expired due to TTL', "
                 "  completed_at = now(), updated_at = now() "
-                "  WHERE id = $1::uuid AND status = 0 AND expires_at <= now() RETURNING *), "
+                "  WHERE id = $1::uuid AND " ROW_STATUS " = 0 AND expires_at <= now() RETURNING *), "
                 "att AS (INSERT INTO task_attempts (task_id, retry_count, attempt, worker, started_at) "
                 "  SELECT id, retry_count, attempt, worker, started_at FROM upd ON CONFLICT DO NOTHING) "
                 "SELECT " TASK_COLUMNS ", true FROM upd "
@@ -586,7 +593,7 @@ int task_store_heartbeat(TaskStore *s, const char *id, unsigned attempt, usec_t 
                          void *userdata) {
         static const char sql[] =
                 "WITH upd AS (UPDATE tasks SET lease_expires_at = now() + " INTERVAL_USEC("$3") ", "
-                "  updated_at = now() WHERE id = $1::uuid AND status = 1 AND attempt = $2::integer RETURNING *) "
+                "  updated_at = now() WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer RETURNING *) "
                 APPLIED_OR_CURRENT("id = $1::uuid");
         char attempt_buf[16], lease_buf[32];
         const char *values[] = { id, FMT_UINT(attempt_buf, attempt), FMT_USEC(lease_buf, lease) };
@@ -604,7 +611,7 @@ int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, T
                 "  verdict = COALESCE($7, CASE WHEN $3::smallint = 2 THEN 'ok' END), "
                 "  output_truncated = $8::boolean, completed_at = now(), lease_expires_at = NULL, "
                 "  updated_at = now() "
-                "  WHERE id = $1::uuid AND status = 1 AND attempt = $2::integer RETURNING *), "
+                "  WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer RETURNING *), "
                 "att AS (UPDATE task_attempts a SET ended_at = upd.completed_at, status = upd.status, "
                 "  verdict = upd.verdict, exit_code = upd.exit_code "
                 "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
@@ -629,7 +636,7 @@ int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStore
         static const char sql[] =
                 "WITH upd AS (UPDATE tasks SET status = 0, started_at = NULL, lease_expires_at = NULL, "
                 "  worker = NULL, published = false, published_at = NULL, updated_at = now() "
-                "  WHERE id = $1::uuid AND status = 1 AND attempt = $2::integer RETURNING *), "
+                "  WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer RETURNING *), "
                 "att AS (UPDATE task_attempts a SET ended_at = now(), verdict = 'released' "
                 "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
                 "  AND a.attempt = upd.attempt AND a.ended_at IS NULL) "

@@ -76,8 +76,7 @@ static const char sql_take_unpublished[] =
         " stale AS ("
         "  SELECT id FROM tasks"
         "  WHERE status = 0 AND published AND expires_at > now()"
-        /* as a row comparison, only tasks_status_created_idx serves it */
-        "    AND (status, created_at) < (0, now() - $2::bigint * interval '1 microsecond')"
+        "    AND created_at < now() - $2::bigint * interval '1 microsecond'"
         "    AND updated_at < now() - $1::bigint * interval '1 microsecond'"
         "    AND published_at < now() - $2::bigint * interval '1 microsecond'"
         "  ORDER BY created_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED)"
@@ -85,9 +84,11 @@ static const char sql_take_unpublished[] =
         " FROM (SELECT id FROM unpublished UNION ALL SELECT id FROM stale) c WHERE t.id = c.id"
         " RETURNING t.id";
 
+/* The status as an integer, so that the rows are looked up by primary key and not through
+ * a partial index by status (see ROW_STATUS in dtask-api's task-store.c). */
 static const char sql_mark_published[] =
         "UPDATE tasks SET published = true, published_at = now()"
-        " WHERE id = ANY($1::uuid[]) AND status = 0";
+        " WHERE id = ANY($1::uuid[]) AND status::integer = 0";
 
 /* 4. Retention. */
 static const char sql_purge_tasks[] =

@@ -114,7 +114,7 @@ for name in ("PendingCount", "InProgressCount", "CompletedCount", "FailedCount",
     check(v is not None and isinstance(v, int), f"property {name} is a number ({v})")
 status_of = {"PendingCount": 0, "CancelledCount": 5}
 for name, status in status_of.items():
-    same = wait_for(lambda: prop(name) == int(sql_value(f"SELECT count(*) FROM tasks WHERE status = {status}")), 5, 0.2)
+    same = wait_for(lambda: prop(name) == int(sql_value(f"SELECT count(*) FROM tasks WHERE status = {status}")), 15, 0.2)
     check(same, f"{name} matches the database")
 
 # Unprivileged callers: reading works, mutating is refused.

@@ -40,12 +40,12 @@ def main():
 
     worker, _ = make_key("test-api-backlog worker", ["tasks:read", "tasks:execute"])
 
-    # statistics from a moment with few live tasks, then the burst; published and stamped now,
-    # so that neither real workers nor the reaper take them
+    # statistics from a moment with few live tasks, then the burst; not in the outbox and
+    # stamped now, so that neither real workers nor the reaper take them
     sql("ANALYZE tasks")
-    sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, ttl, expires_at, published, published_at)
+    sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, ttl, expires_at, published_at)
             SELECT gen_random_uuid(), '{NAME}', 'print(1)', 1, '{ME}', interval '1 hour',
-                   now() + interval '1 hour', true, now() FROM generate_series(1, {BACKLOG})""")
+                   now() + interval '1 hour', now() FROM generate_series(1, {BACKLOG})""")
     ids = [r[0] for r in sql(f"SELECT id FROM tasks WHERE name = '{NAME}' LIMIT 3")]
     live = int(sql_value("SELECT count(*) FROM tasks WHERE status IN (0, 1)"))
     check(live >= BACKLOG, f"a backlog of {live} live tasks")

@@ -62,7 +62,6 @@ def test_two_instances():
         # (a worker of the environment may have taken the new run already: no status check)
         check(r.status == 200 and r.json["retryCount"] == 1 and r.json.get("result") != "from A",
               "A sees the retry made through B")
-        check(row(tid, "published")[0] in ("t", "f"), "the retried row is there")
         http("POST", f"/api/tasks/{tid}/cancel", base=b.url)
         http("POST", f"/api/tasks/{t['id']}/cancel", base=b.url)
 

@@ -8,7 +8,7 @@ authentication and claims, create/get/list/patch/retry/cancel, the worker protoc
 the bad-input matrix (nothing stored, daemon keeps serving).
 
 Tasks that the test "runs" itself (worker protocol, ?wait=) are written straight into
-the database and marked published, so that real workers never see them."""
+the database and kept out of the outbox, so that real workers never see them."""
 
 import datetime
 import json
@@ -114,7 +114,7 @@ def test_create_get():
     same = ("id", "name", "code", "language", "inputData", "userId", "createdAt", "expiresAt", "ttl", "retryCount")
     check(g.status == 200 and list(g.json) == TASK_FIELDS and all(g.json[k] == t[k] for k in same),
           "GET returns the same task (a real worker may have started it meanwhile)")
-    check(row(t["id"], "code, owner_id::text, published") is not None and
+    check(row(t["id"], "code, owner_id::text") is not None and
           row(t["id"], "code")[0].startswith("import sys"), "the task is stored")
 
     cases = [({"ttl": 1800, "language": "python"}, "00:30:00", "Python"),

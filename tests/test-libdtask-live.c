@@ -61,9 +61,9 @@ static void insert_task(const char *owner, char ret_id[static UUID_STRING_MAX]) 
                 fail_msg("cannot connect to %s: %s", database_url, PQerrorMessage(db));
         res = PQexecParams(db,
                            "INSERT INTO tasks (id, name, code, language, input_data, owner_id, status, ttl, expires_at, "
-                           "attempt, published, published_at) VALUES ($1::uuid, 'libdtask worker test', "
+                           "attempt) VALUES ($1::uuid, 'libdtask worker test', "
                            "'print(sum(map(int, input().split())))', 1, '1 2 3', $2::uuid, 0, interval '3600 seconds', "
-                           "now() + interval '3600 seconds', 0, true, now())",
+                           "now() + interval '3600 seconds', 0)",
                            2, NULL, values, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK)
                 fail_msg("cannot insert a task: %s", PQerrorMessage(db));

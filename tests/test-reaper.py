@@ -72,22 +72,26 @@ def check(cond, what):
 
 
 def insert(name, status, expires_in, **cols):
-    """Inserts a task for OWNER; expires_in in seconds relative to now (negative: overdue)."""
+    """Inserts a task for OWNER; expires_in in seconds relative to now (negative: overdue).
+    outbox_ago: its message waits in the outbox since then (None: it was confirmed)."""
     tid = str(uuid.uuid4())
     fields = {
-        "attempt": 0, "max_attempts": 3, "lease_in": None, "published": "false", "updated_ago": 0,
+        "attempt": 0, "max_attempts": 3, "lease_in": None, "outbox_ago": None, "updated_ago": 0,
         "published_ago": None, "created_ago": 60,
     }
     fields.update(cols)
     lease = "NULL" if fields["lease_in"] is None else f"now() + interval '{fields['lease_in']} seconds'"
     published_at = "NULL" if fields["published_ago"] is None else f"now() - interval '{fields['published_ago']} seconds'"
     sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, status, ttl, created_at, updated_at, expires_at,
-                               attempt, max_attempts, lease_expires_at, published, published_at, started_at)
+                               attempt, max_attempts, lease_expires_at, published_at, started_at)
             VALUES ('{tid}', :'p1', 'print(1)', 1, '{OWNER}', {status}, interval '1 hour',
                     now() - interval '{fields['created_ago']} seconds', now() - interval '{fields['updated_ago']} seconds',
                     now() + interval '{expires_in} seconds', {fields['attempt']}, {fields['max_attempts']},
-                    {lease}, {fields['published']}, {published_at},
+                    {lease}, {published_at},
                     CASE WHEN {status} = 1 THEN now() ELSE NULL END)""", name)
+    if fields["outbox_ago"] is not None:
+        sql(f"INSERT INTO task_outbox (task_id, retry_count, created_at) "
+            f"VALUES ('{tid}', 0, now() - interval '{fields['outbox_ago']} seconds')")
     if status == 1:
         sql(f"INSERT INTO task_attempts (task_id, retry_count, attempt, worker) VALUES ('{tid}', 0, {fields['attempt']}, 'test')")
     return tid
@@ -95,14 +99,15 @@ def insert(name, status, expires_in, **cols):
 
 def row(tid):
     r = sql(f"""SELECT status, coalesce(error_message, ''), completed_at IS NOT NULL, coalesce(verdict, ''),
-                       attempt, published, lease_expires_at IS NULL FROM tasks WHERE id = '{tid}'""")
+                       attempt, NOT EXISTS (SELECT 1 FROM task_outbox o WHERE o.task_id = t.id),
+                       lease_expires_at IS NULL FROM tasks t WHERE id = '{tid}'""")
     return r[0] if r else None
 
 
 def test_expire_and_rescue():
-    overdue_pending = insert("overdue pending", 0, -5, published="true", published_ago=10)
+    overdue_pending = insert("overdue pending", 0, -5)
     overdue_running = insert("overdue running", 1, -1, attempt=1, lease_in=20)
-    live_pending = insert("live pending", 0, 3600, published="true", published_ago=1)
+    live_pending = insert("live pending", 0, 3600)
     lapsed = insert("lapsed lease", 1, 3600, attempt=1, lease_in=-5)
     lapsed_last = insert("lapsed, last attempt", 1, 3600, attempt=3, lease_in=-5)
     done = insert("completed long ago", 2, -100)
@@ -129,20 +134,22 @@ def test_expire_and_rescue():
 
 
 def test_republish_unpublished():
-    fresh = insert("unpublished, just created", 0, 3600, published="false", updated_ago=0)
-    stale = insert("unpublished, broker was down", 0, 3600, published="false", updated_ago=30)
+    fresh = insert("unpublished, just created", 0, 3600, outbox_ago=0)
+    stale = insert("unpublished, broker was down", 0, 3600, outbox_ago=30, updated_ago=30)
+    claimed = insert("claimed before its confirm was recorded", 1, 3600, attempt=1, lease_in=60, outbox_ago=30)
     p = reaper()
     check(p.returncode == 0, "reaper pass exits 0")
-    check(row(stale)[5] == "t", "an unpublished Pending task is published and marked after the broker confirmed")
+    check(row(stale)[5] == "t", "an unpublished Pending task is published and leaves the outbox after the broker confirmed")
     check(row(fresh)[5] == "f", "a task created a moment ago is left to the API's own publish")
+    r = row(claimed)
+    check(r[5] == "t" and r[0] == "1", "the outbox row of a task no longer Pending is deleted, the task left as it is")
 
 
 def test_republish_never_claimed():
     # REPUBLISH_AFTER is 5 minutes by default.
-    lost = insert("published 10 min ago, never claimed", 0, 3600, published="true", published_ago=600,
-                  updated_ago=600, created_ago=1200)
-    recent = insert("published 1 min ago", 0, 3600, published="true", published_ago=60, updated_ago=60,
-                    created_ago=1200)
+    lost = insert("published 10 min ago, never claimed", 0, 3600, published_ago=600, updated_ago=600,
+                  created_ago=1200)
+    recent = insert("published 1 min ago", 0, 3600, published_ago=60, updated_ago=60, created_ago=1200)
     p = reaper()
     check(p.returncode == 0, "reaper pass exits 0")
 
@@ -153,12 +160,12 @@ def test_republish_never_claimed():
 
 
 def test_broker_down_keeps_tasks():
-    stale = insert("unpublished, broker unreachable", 0, 3600, published="false", updated_ago=30)
+    stale = insert("unpublished, broker unreachable", 0, 3600, outbox_ago=30, updated_ago=30)
     p = reaper(env_extra={"AMQP_URL": "amqp://guest:guest@127.0.0.1:1"})
     check(p.returncode == 0, "a pass without a broker still exits 0")
     check("not reachable" in p.stderr, "and says the broker is not reachable")
-    check(row(stale)[5] == "f", "the task stays unpublished for a later pass")
-    sql(f"UPDATE tasks SET published_at = NULL WHERE id = '{stale}'")
+    check(row(stale)[5] == "f", "the task stays in the outbox for a later pass")
+    sql(f"UPDATE task_outbox SET attempted_at = NULL WHERE task_id = '{stale}'")
 
 
 def test_database_down():
@@ -181,9 +188,9 @@ def test_concurrent_reapers_expire_once():
             DROP TRIGGER IF EXISTS reaper_test_record ON tasks;
             CREATE TRIGGER reaper_test_record AFTER UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION reaper_test_record();""")
     try:
-        sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, status, ttl, expires_at, published)
+        sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, status, ttl, expires_at)
                 SELECT gen_random_uuid(), 'bulk ' || i, 'print(1)', 1, '{OWNER}', i % 2, interval '1 second',
-                       now() - interval '1 second', true
+                       now() - interval '1 second'
                 FROM generate_series(1, 300) i""")
         e = reaper_env()
         procs = [subprocess.Popen([REAPER, "--config=/dev/null"], env=e, stderr=subprocess.PIPE, text=True)
@@ -210,7 +217,7 @@ def test_loop_and_arguments():
     p = subprocess.run([REAPER, "--config=/dev/null"], capture_output=True, text=True, env=e)
     check(p.returncode != 0 and "SANDBOX_PIDS_MAX" in p.stderr, "a malformed configuration value is named at start")
 
-    tid = insert("expires while the loop runs", 0, 2, published="true", published_ago=1)
+    tid = insert("expires while the loop runs", 0, 2)
     loop = subprocess.Popen([REAPER, "--config=/dev/null", "--loop=200ms"], env=e | {"SANDBOX_PIDS_MAX": "64"},
                             stderr=subprocess.PIPE, text=True)
     try:

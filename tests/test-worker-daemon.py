@@ -184,7 +184,7 @@ check(r.status == 204 and after["statusName"] == "Pending" and after["attempt"] 
       f"release endpoint: 204, the task is Pending again with attempt 1 kept ({r.status}, {after['statusName']})")
 rows = sql(f"SELECT verdict, ended_at IS NOT NULL FROM task_attempts WHERE task_id = '{t['id']}' AND attempt = 1")
 check(rows and rows[0][0] == "released" and rows[0][1] == "t", f"release endpoint: attempt 1 closed as released ({rows})")
-check(wait_for(lambda: sql(f"SELECT published FROM tasks WHERE id = '{t['id']}'")[0][0] == "t", 10),
+check(wait_for(lambda: sql(f"SELECT count(*) FROM task_outbox WHERE task_id = '{t['id']}'")[0][0] == "0", 10),
       "release endpoint: the task is published again (broker confirmed)")
 r = http("POST", f"/api/tasks/{t['id']}/release", {"attempt": 1}, base=api.url)
 check(r.status == 409, f"release endpoint: releasing twice is fenced, 409 ({r.status})")

@@ -208,16 +208,22 @@ INSERTED = []
 # ---- tasks straight in the database (for the worker protocol: no real worker sees them) ----
 
 def insert_task(owner, status=0, ttl_seconds=3600, expires_in=None, attempt=0, name="sql task"):
-    """A task that was never published to RabbitMQ but is marked published, so that neither
-    real workers nor the reaper touch it: the test plays the worker."""
+    """A task that was never published to RabbitMQ but is not in the outbox either (as if the
+    broker had confirmed it), so that neither real workers nor the reaper touch it: the test
+    plays the worker."""
     tid = str(uuid.uuid4())
     INSERTED.append(tid)
     expires = ttl_seconds if expires_in is None else expires_in
     sql(f"""INSERT INTO tasks (id, name, code, language, input_data, owner_id, status, ttl, expires_at,
-                               attempt, published, published_at)
+                               attempt)
             VALUES ('{tid}', '{name}', 'print(1)', 1, '1 2 3', '{owner}', {status},
-                    interval '{ttl_seconds} seconds', now() + interval '{expires} seconds', {attempt}, true, now())""")
+                    interval '{ttl_seconds} seconds', now() + interval '{expires} seconds', {attempt})""")
     return tid
+
+
+def in_outbox(tid):
+    """Whether the message of the task's current run still waits for the broker's confirm."""
+    return sql_value(f"SELECT count(*) FROM task_outbox WHERE task_id = '{tid}'") != "0"
 
 
 def row(tid, columns):

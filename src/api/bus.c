@@ -211,7 +211,7 @@ static void on_task(int error, Task **task, bool applied, void *userdata) {
                 }
                 log_info("Task %s (owner %s) updated over D-Bus by uid " UID_FMT " (fields 0x%x).", t->id, t->owner_id,
                          c->uid, c->patch.fields);
-                if ((c->patch.fields & TASK_PATCH_STATUS) && t->status == TASK_PENDING && !t->published)
+                if ((c->patch.fields & TASK_PATCH_STATUS) && t->status == TASK_PENDING)
                         dispatch_task(c->manager->dispatch, t->id, t->retry_count);
                 break;
         }

@@ -7,9 +7,9 @@
 
 /* Dispatch of tasks to the workers (SPEC §6): the task id, as a JSON string, published
  * persistently with publisher confirms to the task exchange; once the broker confirmed,
- * the row is marked published. PostgreSQL stays the source of truth: when the broker is
- * unreachable or does not confirm, the task simply stays Pending and unpublished, and
- * dtask-reaper publishes it again later. Cancellations are announced on the fanout
+ * the task's row leaves the outbox (task_outbox). PostgreSQL stays the source of truth: when
+ * the broker is unreachable or does not confirm, the row stays there and dtask-reaper
+ * publishes the task again later. Cancellations are announced on the fanout
  * events exchange, so running workers learn of them at once. */
 
 typedef struct Dispatch Dispatch;

@@ -74,7 +74,6 @@ typedef struct Task {
         /* not part of the wire format */
         char *worker;
         usec_t lease_expires_at;
-        bool published;
 } Task;
 
 Task *task_free(Task *t);

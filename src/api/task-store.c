@@ -29,7 +29,7 @@ struct TaskStore {
         "id::text, name, code, language, input_data, owner_id::text, status, result, error_message, "   \
         "exit_code, verdict, output_truncated, " USEC("ttl") ", " USEC("created_at") ", "               \
         USEC("started_at") ", " USEC("completed_at") ", " USEC("expires_at") ", retry_count, attempt, " \
-        "worker, " USEC("lease_expires_at") ", published"
+        "worker, " USEC("lease_expires_at")
 
 enum {
         COL_ID,
@@ -53,7 +53,6 @@ enum {
         COL_ATTEMPT,
         COL_WORKER,
         COL_LEASE_EXPIRES_AT,
-        COL_PUBLISHED,
         _COL_MAX, /* the "applied" flag, or the request hash, follows the task columns */
 };
 
@@ -67,6 +66,13 @@ enum {
  * whenever the statistics still count the live tasks as the few they were at the last
  * ANALYZE, as during any burst of work, and each claim reads the whole Pending backlog. */
 #define ROW_STATUS "status::integer"
+
+/* A CTE "ob" that records, for each row of the CTE "from" matching "where", that the message
+ * of the task's current run awaits the broker's confirm (task_outbox, sql/0004). */
+#define OUTBOX_ADD(from, where)                                                                  \
+        "ob AS (INSERT INTO task_outbox (task_id, retry_count) SELECT id, retry_count FROM " from \
+        " WHERE " where " ON CONFLICT (task_id) DO UPDATE SET retry_count = excluded.retry_count, "  \
+        "created_at = excluded.created_at, attempted_at = NULL)"
 
 /* The row after a change, or the current row when nothing changed (then "applied" is false). */
 #define APPLIED_OR_CURRENT(where)                                                    \
@@ -183,7 +189,6 @@ static int task_from_row(const PGresult *r, int row, Task **ret) {
         t->retry_count = (unsigned) strtoul(PQgetvalue(r, row, COL_RETRY_COUNT), NULL, 10);
         t->attempt = (unsigned) strtoul(PQgetvalue(r, row, COL_ATTEMPT), NULL, 10);
         t->lease_expires_at = get_usec(r, row, COL_LEASE_EXPIRES_AT);
-        t->published = get_bool(r, row, COL_PUBLISHED);
 
         *ret = TAKE_PTR(t);
         return 0;
@@ -349,14 +354,16 @@ static int run_task_query(TaskStore *s, const char *sql, int n, const char *cons
         "VALUES ($1::uuid, $2, $3, $4::smallint, $5, $6::uuid, " INTERVAL_USEC("$7") ", "                   \
         "now() + " INTERVAL_USEC("$7") ", $8::integer)"
 
-static const char sql_insert[] = INSERT_TASK " RETURNING " TASK_COLUMNS;
+static const char sql_insert[] =
+        "WITH ins AS (" INSERT_TASK " RETURNING *), " OUTBOX_ADD("ins", "true") " "
+        "SELECT " TASK_COLUMNS " FROM ins";
 
 static const char sql_idem_delete_stale[] =
         "DELETE FROM idempotency_keys WHERE owner_id = $1::uuid AND key = $2 "
         "AND created_at < now() - " INTERVAL_USEC("$3");
 
 static const char sql_idem_insert[] =
-        "WITH ins AS (" INSERT_TASK " RETURNING *), "
+        "WITH ins AS (" INSERT_TASK " RETURNING *), " OUTBOX_ADD("ins", "true") ", "
         "k AS (INSERT INTO idempotency_keys (owner_id, key, request_hash, task_id) "
         "      SELECT owner_id, $9, decode($10, 'hex'), id FROM ins) "
         "SELECT " TASK_COLUMNS " FROM ins";
@@ -508,14 +515,15 @@ int task_store_patch(TaskStore *s, const char *id, const char *owner, const Task
                 "                    ELSE expires_at - ttl + " INTERVAL_USEC("$7") " END, "
                 "  ttl = COALESCE(" INTERVAL_USEC("$7") ", ttl), "
                 "  status = COALESCE($8::smallint, status), result = COALESCE($9, result), "
-                /* set back to Pending by hand: dispatch it again (the caller publishes, else the reaper) */
-                "  published = CASE WHEN $8::smallint = 0 AND status <> 0 THEN false ELSE published END, "
                 "  published_at = CASE WHEN $8::smallint = 0 AND status <> 0 THEN NULL ELSE published_at END, "
                 "  error_message = COALESCE($10, error_message), "
                 "  started_at = COALESCE($11::timestamptz, started_at), "
                 "  completed_at = COALESCE($12::timestamptz, completed_at), "
                 "  owner_id = COALESCE($13::uuid, owner_id), updated_at = now() "
-                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND (NOT $14::boolean OR status <> 1) RETURNING *) "
+                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND (NOT $14::boolean OR status <> 1) RETURNING *), "
+                /* status set to Pending by hand: dispatched again (the caller publishes, else the
+                 * reaper), also when it was Pending already: a second message is claimed in vain */
+                OUTBOX_ADD("upd", "$8::smallint = 0") " "
                 APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
         char language[16], ttl[32], status[16], started[ISO8601_STRING_MAX], completed[ISO8601_STRING_MAX];
         unsigned f = p->fields;
@@ -545,8 +553,9 @@ int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreC
                 "  started_at = NULL, completed_at = NULL, exit_code = NULL, verdict = NULL, "
                 "  output_truncated = false, retry_count = retry_count + 1, attempt = 0, "
                 "  expires_at = now() + ttl, lease_expires_at = NULL, worker = NULL, "
-                "  published = false, published_at = NULL, updated_at = now() "
-                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND " ROW_STATUS " >= 2 RETURNING *) "
+                "  published_at = NULL, updated_at = now() "
+                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND " ROW_STATUS " >= 2 RETURNING *), "
+                OUTBOX_ADD("upd", "true") " "
                 APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
         const char *values[] = { id, owner };
 
@@ -635,8 +644,9 @@ int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, T
 int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStoreCallback cb, void *userdata) {
         static const char sql[] =
                 "WITH upd AS (UPDATE tasks SET status = 0, started_at = NULL, lease_expires_at = NULL, "
-                "  worker = NULL, published = false, published_at = NULL, updated_at = now() "
+                "  worker = NULL, published_at = NULL, updated_at = now() "
                 "  WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer RETURNING *), "
+                OUTBOX_ADD("upd", "true") ", "
                 "att AS (UPDATE task_attempts a SET ended_at = now(), verdict = 'released' "
                 "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
                 "  AND a.attempt = upd.attempt AND a.ended_at IS NULL) "
@@ -667,12 +677,11 @@ static void on_marks_recorded(PgPool *pool, const PGresult *result, int error, v
         }
 }
 
-/* One UPDATE for every mark gathered so far, as two array literals. */
+/* One DELETE for every mark gathered so far, as two array literals. */
 static int marks_flush(TaskStore *s) {
         static const char sql[] =
-                "UPDATE tasks t SET published = true, published_at = now() "
-                "FROM unnest($1::uuid[], $2::integer[]) AS m(id, retry_count) "
-                "WHERE t.id = m.id AND t.retry_count = m.retry_count AND NOT t.published";
+                "DELETE FROM task_outbox o USING unnest($1::uuid[], $2::integer[]) AS m(id, retry_count) "
+                "WHERE o.task_id = m.id AND o.retry_count = m.retry_count";
         _cleanup_free_ char *ids = NULL, *retries = NULL;
         size_t ids_len = 0, retries_len = 0;
         unsigned n = s->n_marks;
@@ -726,7 +735,7 @@ int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count
 int task_store_stats(TaskStore *s, bool live_only, TaskStoreStatsCallback cb, void *userdata) {
 #define STATS_SELECT                                                   \
         "SELECT status, count(*), " USEC("now() - min(created_at)") ", " \
-        "count(*) FILTER (WHERE NOT published) FROM tasks "
+        "CASE WHEN status = 0 THEN (SELECT count(*) FROM task_outbox) END FROM tasks "
         static const char sql_all[] = STATS_SELECT "GROUP BY status";
         /* the predicate of tasks_live_expiry_idx */
         static const char sql_live[] = STATS_SELECT "WHERE status IN (0, 1) GROUP BY status";

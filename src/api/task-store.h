@@ -60,13 +60,13 @@ int task_store_cursor_parse(const char *cursor, usec_t *ret_created_at, char ret
 
 /* Overwrites the fields given. Changing code/language/inputData/ttl is refused (applied
  * false) while the task is InProgress; name and execution fields may change any time.
- * A new ttl moves expiresAt by the difference. A status set back to Pending from another one
- * marks the task unpublished (to be dispatched again). */
+ * A new ttl moves expiresAt by the difference. A status set to Pending puts the task's
+ * message in the outbox: the caller dispatches it (again). */
 int task_store_patch(TaskStore *s, const char *id, const char *owner, const TaskPatch *patch, TaskStoreCallback cb,
                      void *userdata);
 
 /* From Completed/Failed/Expired/Cancelled back to Pending: execution fields cleared,
- * retry_count+1, attempt 0, expires_at = now + ttl, published false. */
+ * retry_count+1, attempt 0, expires_at = now + ttl, its message in the outbox. */
 int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata);
 
 /* Pending/InProgress → Cancelled (verdict cancelled, completed now); the open attempt is closed. */
@@ -85,12 +85,12 @@ int task_store_heartbeat(TaskStore *s, const char *id, unsigned attempt, usec_t 
 int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, TaskStoreCallback cb, void *userdata);
 
 /* A worker gives InProgress attempt `attempt` back without a result (it is stopping): Pending
- * again, lease and worker cleared, published false (the caller publishes it, else the reaper
- * does); the attempt row is closed with verdict 'released'. The attempt stays counted. */
+ * again, lease and worker cleared, its message in the outbox (the caller publishes it, else
+ * the reaper does); the attempt row is closed with verdict 'released'. The attempt stays counted. */
 int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStoreCallback cb, void *userdata);
 
-/* Records that the broker confirmed the message of run retry_count. The marks are
- * batched: while one UPDATE is in flight, the next ones gather (up to 256) and are
+/* Records that the broker confirmed the message of run retry_count: its row leaves the
+ * outbox. The marks are batched: while one DELETE is in flight, the next ones gather (up to 256) and are
  * recorded together when it completes, so a busy dtask-api does not commit once per
  * task for this. A mark that fails to be recorded is logged; the reaper publishes that
  * task again (workers ignore the duplicate message: claims are fenced). */

@@ -676,7 +676,7 @@ static void on_patched(int error, Task **task, bool applied, void *userdata) {
         }
         log_info("Task %s (owner %s) updated by key %s from %s (fields 0x%x).", t->id, t->owner_id, c->caller.key_id,
                  c->client, c->patch.fields);
-        if ((c->patch.fields & TASK_PATCH_STATUS) && t->status == TASK_PENDING && !t->published)
+        if ((c->patch.fields & TASK_PATCH_STATUS) && t->status == TASK_PENDING)
                 dispatch_task(c->manager->dispatch, t->id, t->retry_count);
         reply_task(c, 200, t);
         wake_waiters(c, t);

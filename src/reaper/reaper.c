@@ -49,46 +49,60 @@ static const char sql_rescue[] =
         "      ELSE 'Worker lost: no worker finished the task in ' || t.attempt || ' attempts' END,"
         "    completed_at = CASE WHEN t.attempt < t.max_attempts THEN NULL ELSE now() END,"
         "    started_at = CASE WHEN t.attempt < t.max_attempts THEN NULL ELSE t.started_at END,"
-        "    published = CASE WHEN t.attempt < t.max_attempts THEN false ELSE t.published END,"
-        "    published_at = CASE WHEN t.attempt < t.max_attempts THEN now() ELSE t.published_at END,"
+        "    published_at = CASE WHEN t.attempt < t.max_attempts THEN NULL ELSE t.published_at END,"
         "    lease_expires_at = NULL, worker = NULL, updated_at = now()"
         "  FROM lapsed WHERE t.id = lapsed.id"
         "  RETURNING t.id, t.status, t.attempt, t.retry_count),"
+        /* this pass publishes them: attempted now, so other reapers leave them alone */
+        " outbox AS ("
+        "  INSERT INTO task_outbox (task_id, retry_count, attempted_at)"
+        "  SELECT id, retry_count, now() FROM rescued WHERE status = 0"
+        "  ON CONFLICT (task_id) DO UPDATE SET retry_count = excluded.retry_count,"
+        "    created_at = excluded.created_at, attempted_at = excluded.attempted_at),"
         " history AS ("
         "  UPDATE task_attempts a SET ended_at = now(), verdict = 'worker_lost'"
         "  FROM rescued r WHERE a.task_id = r.id AND a.retry_count = r.retry_count"
         "    AND a.attempt = r.attempt AND a.ended_at IS NULL)"
         " SELECT id, status FROM rescued";
 
-/* 3. Pending tasks to publish again: those whose publish was not confirmed within the
- * grace period, and those published long ago ($2) and never claimed. Taking them stamps
- * published_at, so that concurrent reapers do not pick the same rows within the grace
- * period. Each kind is read from an index range that holds only candidates (the
- * unpublished ones; the Pending ones created before $2), so that a pass does not
- * cost more with a large backlog of Pending tasks waiting for a worker. */
+/* 3. Pending tasks to publish again: those in the outbox (sql/0004) whose publish was not
+ * confirmed within the grace period ($1), and those that became Pending long ago ($2),
+ * were published and never claimed. Taking them stamps the outbox row's attempted_at or
+ * the task's published_at, so that concurrent reapers do not pick the same ones for a
+ * while. The never-claimed ones are read from the index range of the Pending tasks created
+ * before $2, so that a pass does not cost more with a large backlog waiting for a worker.
+ * Outbox rows of tasks that are no longer Pending in that run (dtask-api stopped between a
+ * publish and its confirm) are deleted. */
 static const char sql_take_unpublished[] =
-        "WITH unpublished AS ("
-        "  SELECT id FROM tasks"
-        "  WHERE status = 0 AND NOT published AND expires_at > now()"
-        "    AND updated_at < now() - $1::bigint * interval '1 microsecond'"
-        "    AND (published_at IS NULL OR published_at < now() - $1::bigint * interval '1 microsecond')"
-        "  ORDER BY created_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED),"
+        "WITH leftover AS ("
+        "  DELETE FROM task_outbox o"
+        "  WHERE o.created_at < now() - $1::bigint * interval '1 microsecond'"
+        "    AND NOT EXISTS (SELECT 1 FROM tasks t"
+        "                    WHERE t.id = o.task_id AND t.status = 0 AND t.retry_count = o.retry_count)),"
+        " unpublished AS ("
+        "  SELECT o.task_id AS id FROM task_outbox o"
+        "  JOIN tasks t ON t.id = o.task_id AND t.retry_count = o.retry_count"
+        "  WHERE t.status = 0 AND t.expires_at > now()"
+        "    AND o.created_at < now() - $1::bigint * interval '1 microsecond'"
+        "    AND (o.attempted_at IS NULL OR o.attempted_at < now() - $1::bigint * interval '1 microsecond')"
+        "  ORDER BY o.created_at LIMIT " REAPER_BATCH " FOR UPDATE OF o SKIP LOCKED),"
+        " attempted AS ("
+        "  UPDATE task_outbox o SET attempted_at = now() FROM unpublished u WHERE o.task_id = u.id),"
         " stale AS ("
-        "  SELECT id FROM tasks"
-        "  WHERE status = 0 AND published AND expires_at > now()"
+        "  SELECT id FROM tasks t"
+        "  WHERE status = 0 AND expires_at > now()"
         "    AND created_at < now() - $2::bigint * interval '1 microsecond'"
-        "    AND updated_at < now() - $1::bigint * interval '1 microsecond'"
-        "    AND published_at < now() - $2::bigint * interval '1 microsecond'"
-        "  ORDER BY created_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED)"
-        " UPDATE tasks t SET published_at = now()"
-        " FROM (SELECT id FROM unpublished UNION ALL SELECT id FROM stale) c WHERE t.id = c.id"
-        " RETURNING t.id";
+        "    AND updated_at < now() - $2::bigint * interval '1 microsecond'"
+        "    AND (published_at IS NULL OR published_at < now() - $2::bigint * interval '1 microsecond')"
+        "    AND NOT EXISTS (SELECT 1 FROM task_outbox o WHERE o.task_id = t.id)"
+        "  ORDER BY created_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED),"
+        " stamped AS ("
+        "  UPDATE tasks t SET published_at = now() FROM stale WHERE t.id = stale.id)"
+        " SELECT id FROM unpublished UNION ALL SELECT id FROM stale";
 
-/* The status as an integer, so that the rows are looked up by primary key and not through
- * a partial index by status (see ROW_STATUS in dtask-api's task-store.c). */
+/* Confirmed: out of the outbox (a stale task has no row there). */
 static const char sql_mark_published[] =
-        "UPDATE tasks SET published = true, published_at = now()"
-        " WHERE id = ANY($1::uuid[]) AND status::integer = 0";
+        "DELETE FROM task_outbox WHERE task_id = ANY($1::uuid[])";
 
 /* 4. Retention. */
 static const char sql_purge_tasks[] =

@@ -24,9 +24,10 @@ NAME = f"test-api-backlog {uuid.uuid4()}"
 
 def statements():
     """(calls, buffers per call, query) of the statements on tasks since the reset."""
-    rows = sql("SELECT calls, (shared_blks_hit + shared_blks_read) / calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 70) "
-               "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-               "AND calls > 0 AND (query LIKE 'WITH upd AS (UPDATE tasks%' OR query LIKE 'SELECT id::text%FROM tasks WHERE id = %')")
+    rows = sql("SELECT calls, (shared_blks_hit + shared_blks_read) / calls, "
+               "left(regexp_replace(query, '\\s+', ' ', 'g'), 70) FROM pg_stat_statements "
+               "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND calls > 0 "
+               "AND (query LIKE 'WITH upd AS (UPDATE tasks%' OR query LIKE 'SELECT id::text%FROM tasks WHERE id = %')")
     return [(int(c), int(b), q) for c, b, q in rows]
 
 

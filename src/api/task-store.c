@@ -602,7 +602,8 @@ int task_store_heartbeat(TaskStore *s, const char *id, unsigned attempt, usec_t 
                          void *userdata) {
         static const char sql[] =
                 "WITH upd AS (UPDATE tasks SET lease_expires_at = now() + " INTERVAL_USEC("$3") ", "
-                "  updated_at = now() WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer RETURNING *) "
+                "  updated_at = now() "
+                "  WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer RETURNING *) "
                 APPLIED_OR_CURRENT("id = $1::uuid");
         char attempt_buf[16], lease_buf[32];
         const char *values[] = { id, FMT_UINT(attempt_buf, attempt), FMT_USEC(lease_buf, lease) };

@@ -591,7 +591,9 @@ static int root_new_legacy(const char *path, CGroupRoot *root, char **ret_error)
                                          controller_names[first], strerror(-r));
                                 goto fail;
                         }
-                        cg_path = path_join(own, NULL, "/dtask");
+                        /* "/" + "/dtask" must not give "//dtask": the path is compared with
+                         * /proc/PID/cgroup to tell a group's processes (cgroup_kill()) */
+                        cg_path = path_join("", own, "/dtask");
                 }
                 if (!cg_path) {
                         r = -ENOMEM;

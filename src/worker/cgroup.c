@@ -853,6 +853,36 @@ int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, C
 }
 
 static int get_stats_raw(CGroup *cg, CGroupStats *ret);
+static const char *dir_with(CGroup *cg, CGroupController c);
+
+/* The peak from here on. v1: writing resets the group's maximum to its current usage.
+ * v2: a write resets the peak as seen through this fd (Linux 6.12+); older kernels have only
+ * the group's lifetime peak, which is what is reported then. */
+static int reset_peak(CGroup *cg) {
+        const char *d;
+        int r;
+
+        if (cg->root->mode == CGROUP_MODE_UNIFIED) {
+                if (cg->peak_fd < 0) {
+                        _cleanup_free_ char *p = path_join(cg->dirs[0], NULL, "/memory.peak");
+
+                        if (!p)
+                                return -ENOMEM;
+                        cg->peak_fd = open(p, O_RDWR | O_CLOEXEC | O_NOCTTY);
+                        if (cg->peak_fd < 0)
+                                return 0;
+                }
+                if (pwrite(cg->peak_fd, "reset\n", 6, 0) != 6)
+                        cg->peak_fd = safe_close(cg->peak_fd);
+                return 0;
+        }
+
+        d = dir_with(cg, CGROUP_CONTROLLER_MEMORY);
+        if (!d)
+                return 0;
+        r = write_attr(d, "memory.max_usage_in_bytes", "0");
+        return r == -ENOENT ? 0 : r;
+}
 
 /* Kills what is in the group until it is empty; -EBUSY after timeout_usec. */
 static int wait_empty(CGroup *cg, uint64_t timeout_usec) {
@@ -902,29 +932,9 @@ int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *lim
         if (r < 0)
                 return r;
 
-        /* The peak from here on. v1: writing resets the group's maximum to its current usage.
-         * v2: a write resets the peak as seen through this fd (Linux 6.12+); older kernels
-         * have only the group's lifetime peak, which is what is reported then. */
-        if (root->mode == CGROUP_MODE_UNIFIED) {
-                _cleanup_free_ char *p = path_join(cg->dirs[0], NULL, "/memory.peak");
-
-                if (!p)
-                        return -ENOMEM;
-                cg->peak_fd = open(p, O_RDWR | O_CLOEXEC | O_NOCTTY);
-                if (cg->peak_fd >= 0 && write(cg->peak_fd, "reset\n", 6) != 6)
-                        cg->peak_fd = safe_close(cg->peak_fd);
-        } else {
-                const char *d = NULL;
-
-                for (size_t i = 0; i < cg->n && !d; i++)
-                        if (root->h[i].mask & MASK(CGROUP_CONTROLLER_MEMORY))
-                                d = cg->dirs[i];
-                if (d) {
-                        r = write_attr(d, "memory.max_usage_in_bytes", "0");
-                        if (r < 0 && r != -ENOENT)
-                                return r;
-                }
-        }
+        r = reset_peak(cg);
+        if (r < 0)
+                return r;
 
         /* counters are cumulative over the group's life: the run's are the difference */
         r = get_stats_raw(cg, &cg->base);
@@ -1048,8 +1058,6 @@ int cgroup_kill(CGroup *cg) {
         }
         return n;
 }
-
-static const char *dir_with(CGroup *cg, CGroupController c);
 
 int cgroup_is_populated(CGroup *cg) {
         const char *d;
@@ -1202,15 +1210,23 @@ static uint64_t sub_sat(uint64_t a, uint64_t b) {
 }
 
 int cgroup_get_stats(CGroup *cg, CGroupStats *ret) {
-        CGroupStats s;
+        CGroupStats now, s;
         int r;
 
-        r = get_stats_raw(cg, &s);
+        r = get_stats_raw(cg, &now);
         if (r < 0)
                 return r;
-        s.oom_kills = sub_sat(s.oom_kills, cg->base.oom_kills);
-        s.pids_max_events = sub_sat(s.pids_max_events, cg->base.pids_max_events);
-        s.cpu_usec = sub_sat(s.cpu_usec, cg->base.cpu_usec);
+        /* what we read now is the base of the next call: no second read when the group is
+         * used again (a slot's next run), as nothing happens in an empty group meanwhile */
+        r = reset_peak(cg);
+        if (r < 0)
+                return r;
+        s = now;
+        s.oom_kills = sub_sat(now.oom_kills, cg->base.oom_kills);
+        s.pids_max_events = sub_sat(now.pids_max_events, cg->base.pids_max_events);
+        s.cpu_usec = sub_sat(now.cpu_usec, cg->base.cpu_usec);
+        cg->base = now;
+        cg->base.memory_peak = 0;
         *ret = s;
         return 0;
 }

@@ -106,6 +106,8 @@ struct Sandbox {
         char **base_args; /* bwrap options common to every run */
         unsigned next_slot;
         uint8_t *slot_used; /* per slot: we made its cgroup, sandbox_free() removes it */
+        Stem *kept;         /* slots our own runs left clean, still ours (slot part only): see slot_keep() */
+        size_t n_kept, n_kept_allocated;
         Stem stem;                   /* for the next run, when .pid > 0 */
         sd_event_source *stem_event; /* prepares the stem when the loop is idle */
         char *stem_buf;              /* STEM_MSG_MAX bytes, and STEM_ARGC_MAX pointers, for the stem */
@@ -148,6 +150,8 @@ struct SandboxRun {
         char slot_name[32];
         char *workdir_path;
         Stem stem; /* from the sandbox, until the first phase starts it (.pid and the fds only) */
+        bool slot_clean; /* the last phase ended with its cgroup seen empty and its working
+                          * directory removed: the slot may be kept for our next run */
 
         /* C# build cache */
         bool use_cache;
@@ -605,6 +609,9 @@ Sandbox *sandbox_free(Sandbox *sb) {
         stem_discard(&sb->stem);
         free(sb->stem_buf);
         free(sb->stem_argv);
+        for (size_t i = 0; i < sb->n_kept; i++)
+                stem_discard(&sb->kept[i]);
+        sb->kept = mfree(sb->kept);
         slots_remove_cgroups(sb);
         free(sb->slot_used);
         for (Language l = 0; l < _LANGUAGE_MAX; l++)
@@ -748,10 +755,22 @@ static int slot_open_cgroup(Sandbox *sb, const char *slot_name, CGroup **ret) {
         return cgroup_open_slot(sb->cgroup_root, slot_name, &limits, TRIM_TIMEOUT_USEC, ret);
 }
 
-/* Takes a free slot and cleans up what a crashed predecessor left of it: fills the slot part
- * of ret. */
+/* Takes a free slot and fills the slot part of ret: one that our own last run in it left
+ * clean (see slot_keep()) as it is, else one from the range, cleaning up what a crashed
+ * predecessor may have left of it. */
 static int slot_acquire(Sandbox *sb, Stem *ret) {
         unsigned n = sandbox_slots(sb);
+
+        if (sb->n_kept > 0) {
+                Stem *k = &sb->kept[--sb->n_kept];
+
+                ret->uid = k->uid;
+                ret->lock_fd = TAKE_FD(k->lock_fd);
+                memcpy(ret->slot_name, k->slot_name, sizeof ret->slot_name);
+                ret->workdir_path = TAKE_PTR(k->workdir_path);
+                ret->cgroup = TAKE_PTR(k->cgroup);
+                return 0;
+        }
 
         for (unsigned i = 0; i < n; i++) {
                 unsigned idx = (sb->next_slot + i) % n;
@@ -811,8 +830,48 @@ static void slot_give(SandboxRun *r, Stem *s) {
         r->cgroup = TAKE_PTR(s->cgroup);
 }
 
+/* A slot whose run ended clean stays ours, lock and open cgroup, for our next run: it needs
+ * none of the clean-up of a slot taken from the range (kill_uid()'s fork, the leftover
+ * working directory, the cgroup emptied, its limits written, its counters read). Nothing of
+ * the run is left in it:
+ *  - processes: every process of the slot's UID is made inside the slot's cgroup (the child
+ *    joins it while still root, before it takes the UID) and cannot leave it (the cgroup
+ *    files are root's, and not in the sandbox); phase_settle() saw the group empty, zombies
+ *    included (pids.current);
+ *  - files: the working directory (its tmpfs) is unmounted and removed; /tmp, /dev/shm, IPC
+ *    objects and the rest went with bubblewrap's namespaces;
+ *  - statistics: cgroup_get_stats() at the end of the run started the counting afresh.
+ * A slot whose run did not end so (settle timeout, failure, freed while running) goes back
+ * to the range, and whoever takes it next cleans it up in full. */
+static int slot_keep(SandboxRun *r) {
+        Sandbox *sb = r->sandbox;
+        Stem *k;
+
+        if (!sb || !r->slot_clean || r->error != 0 || !r->cgroup || r->lock_fd < 0 || !r->workdir_path)
+                return -ESTALE;
+        if (sb->n_kept == sb->n_kept_allocated) {
+                size_t m = MAX(sb->n_kept_allocated * 2, (size_t) 4);
+                Stem *p = realloc(sb->kept, m * sizeof *p);
+
+                if (!p)
+                        return -ENOMEM;
+                sb->kept = p;
+                sb->n_kept_allocated = m;
+        }
+        k = &sb->kept[sb->n_kept++];
+        *k = STEM_NULL;
+        k->uid = r->uid;
+        k->lock_fd = TAKE_FD(r->lock_fd);
+        memcpy(k->slot_name, r->slot_name, sizeof k->slot_name);
+        k->workdir_path = TAKE_PTR(r->workdir_path);
+        k->cgroup = TAKE_PTR(r->cgroup);
+        return 0;
+}
+
 static void slot_release(SandboxRun *r) {
         stem_discard(&r->stem); /* a stem that was not used */
+        if (slot_keep(r) >= 0)
+                return;
         r->cgroup = cgroup_free(r->cgroup); /* closes it; the group stays, empty */
         /* closing the fd drops the flock */
         r->lock_fd = safe_close(r->lock_fd);
@@ -1491,7 +1550,7 @@ int sandbox_run_kill(SandboxRun *r, SandboxEnd reason) {
 /* phases: BUILD (C#, on a cache miss) then RUN; each with its own working directory, cgroup
  * and processes, under the same deadlines */
 
-static void phase_end(SandboxRun *r);
+static void phase_end(SandboxRun *r, bool settled);
 
 /* Synchronous teardown of whatever the current phase has (errors, sandbox_run_free()). */
 static void phase_cleanup_sync(SandboxRun *r) {
@@ -1596,7 +1655,7 @@ static void phase_settle(SandboxRun *r, bool tick) {
                 }
         }
         if (outputs_done && populated == 0) {
-                phase_end(r);
+                phase_end(r, /* settled= */ true);
                 return;
         }
         if (now_mono() - r->settle_start > SETTLE_TIMEOUT_USEC) {
@@ -1604,7 +1663,7 @@ static void phase_settle(SandboxRun *r, bool tick) {
                             (unsigned) r->uid, (unsigned) (SETTLE_TIMEOUT_USEC / USEC_PER_SEC));
                 output_close(&r->out[0]);
                 output_close(&r->out[1]);
-                phase_end(r);
+                phase_end(r, /* settled= */ false);
                 return;
         }
         if (populated > 0) {
@@ -1908,6 +1967,7 @@ static int phase_begin(SandboxRun *r, RunPhase phase) {
         int k;
 
         r->phase = phase;
+        r->slot_clean = false;
         r->pid = 0;
         r->sandbox_ready = false;
         r->child_exited = false;
@@ -1921,7 +1981,8 @@ static int phase_begin(SandboxRun *r, RunPhase phase) {
                 goto fail;
         }
 
-        /* the first phase has it from slot_acquire() */
+        /* the first phase has it from slot_acquire(), the second from the first if that ended
+         * clean (counting afresh, see phase_end()) */
         k = r->cgroup ? 0 : slot_open_cgroup(sb, r->slot_name, &r->cgroup);
         if (k < 0) {
                 run_set_error(r, k, "Failed to set up the cgroup %s of the run: %m", r->slot_name);
@@ -1945,10 +2006,11 @@ static void output_reset(Output *o) {
         o->size = o->allocated = 0;
 }
 
-static void phase_end(SandboxRun *r) {
+/* settled: the cgroup was seen empty (else phase_settle() gave up on it). */
+static void phase_end(SandboxRun *r, bool settled) {
         RunPhase phase = r->phase;
         CGroupStats st;
-        bool build_ok = false;
+        bool build_ok = false, clean = settled;
         int k;
 
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
@@ -1970,12 +2032,17 @@ static void phase_end(SandboxRun *r) {
                         r->stats.pids_max_events += st.pids_max_events;
                         r->stats.memory_peak = MAX(r->stats.memory_peak, st.memory_peak);
                         r->stats.cpu_usec += st.cpu_usec;
-                } else
+                } else {
                         log_warning_errno(k, "Failed to read the statistics of cgroup %s: %m", cgroup_path(r->cgroup));
+                        clean = false;
+                }
 
-                /* empty now (phase_settle()); kept for the slot's next run */
-                r->cgroup = cgroup_free(r->cgroup);
-        }
+                /* Empty now, unless the settle gave up: then closed, and the next phase or the
+                 * slot's next user opens it again, which empties it first. Else kept open. */
+                if (!clean)
+                        r->cgroup = cgroup_free(r->cgroup);
+        } else
+                clean = false;
 
         if (phase == PHASE_BUILD && !r->killing && r->error == 0) {
                 if (r->child_status.si_code == CLD_EXITED && r->child_status.si_status == 0 &&
@@ -2014,8 +2081,11 @@ static void phase_end(SandboxRun *r) {
         }
 
         k = workdir_destroy(&r->workdir);
-        if (k < 0)
+        if (k < 0) {
                 log_warning_errno(k, "Failed to remove working directory %s (left for later): %m", r->workdir_path);
+                clean = false;
+        }
+        r->slot_clean = clean;
         r->pid = 0;
         r->phase = PHASE_NONE;
 

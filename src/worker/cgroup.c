@@ -58,16 +58,41 @@ struct CGroupRoot {
         size_t n;
 };
 
+/* The files of a group that every run reads (or writes): opened on first use and kept open
+ * with the group, read with pread() at offset 0, which makes the kernel produce them anew.
+ * Not cgroup.procs on v1: its list is cached per open file (for up to a second). */
+typedef enum CGroupFile {
+        CGROUP_FILE_PIDS_CURRENT, /* pids.current */
+        CGROUP_FILE_EVENTS,       /* v2: cgroup.events */
+        CGROUP_FILE_OOM,          /* v2: memory.events; v1: memory.oom_control */
+        CGROUP_FILE_PIDS_EVENTS,  /* pids.events */
+        CGROUP_FILE_PEAK,         /* v2: memory.peak; v1: memory.max_usage_in_bytes; read and reset */
+        CGROUP_FILE_CPU,          /* v2: cpu.stat; v1: cpuacct.usage */
+        _CGROUP_FILE_MAX,
+} CGroupFile;
+
+static const struct {
+        const char *v2, *v1;
+        CGroupController controller; /* v1: the hierarchy it is in */
+} cgroup_files[_CGROUP_FILE_MAX] = {
+        [CGROUP_FILE_PIDS_CURRENT] = { "pids.current", "pids.current", CGROUP_CONTROLLER_PIDS },
+        [CGROUP_FILE_EVENTS] = { "cgroup.events", NULL, 0 },
+        [CGROUP_FILE_OOM] = { "memory.events", "memory.oom_control", CGROUP_CONTROLLER_MEMORY },
+        [CGROUP_FILE_PIDS_EVENTS] = { "pids.events", "pids.events", CGROUP_CONTROLLER_PIDS },
+        [CGROUP_FILE_PEAK] = { "memory.peak", "memory.max_usage_in_bytes", CGROUP_CONTROLLER_MEMORY },
+        [CGROUP_FILE_CPU] = { "cpu.stat", "cpuacct.usage", CGROUP_CONTROLLER_CPUACCT },
+};
+
 struct CGroup {
         CGroupRoot *root;
         char *name;
         char *dirs[_CGROUP_CONTROLLER_MAX];
         int procs_fds[_CGROUP_CONTROLLER_MAX];
+        int file_fds[_CGROUP_FILE_MAX]; /* see CGroupFile; -EBADF until used */
         size_t n;
         bool removed;
         bool keep;         /* a slot's group (cgroup_open_slot()): cgroup_free() leaves it in place */
-        CGroupStats base;  /* the counters at cgroup_open_slot(): cgroup_get_stats() reports the difference */
-        int peak_fd;       /* v2: memory.peak, reset through this fd (Linux 6.12+); -EBADF otherwise */
+        CGroupStats base;  /* the counters at cgroup_open_slot() or the last cgroup_get_stats() */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -767,9 +792,10 @@ static CGroup *cgroup_alloc(CGroupRoot *root, const char *name) {
                 return NULL;
         cg->root = root;
         cg->n = root->n;
-        cg->peak_fd = -EBADF;
         for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
                 cg->procs_fds[i] = -EBADF;
+        for (size_t i = 0; i < _CGROUP_FILE_MAX; i++)
+                cg->file_fds[i] = -EBADF;
         cg->name = strdup(name);
         if (!cg->name)
                 return mfree(cg);
@@ -787,7 +813,53 @@ static CGroup *cgroup_alloc(CGroupRoot *root, const char *name) {
 static void cgroup_close_fds(CGroup *cg) {
         for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
                 cg->procs_fds[i] = safe_close(cg->procs_fds[i]);
-        cg->peak_fd = safe_close(cg->peak_fd);
+        for (size_t i = 0; i < _CGROUP_FILE_MAX; i++)
+                cg->file_fds[i] = safe_close(cg->file_fds[i]);
+}
+
+static const char *dir_with(CGroup *cg, CGroupController c);
+
+/* The fd of one of the group's files (see CGroupFile), opened on first use. -ENOENT where the
+ * mode or the hierarchies have no such file. */
+static int file_fd(CGroup *cg, CGroupFile f) {
+        _cleanup_free_ char *p = NULL;
+        const char *name, *d;
+
+        if (cg->file_fds[f] >= 0)
+                return cg->file_fds[f];
+        if (cg->root->mode == CGROUP_MODE_UNIFIED) {
+                name = cgroup_files[f].v2;
+                d = cg->dirs[0];
+        } else {
+                name = cgroup_files[f].v1;
+                d = name ? dir_with(cg, cgroup_files[f].controller) : NULL;
+        }
+        if (!name || !d)
+                return -ENOENT;
+        if (asprintf(&p, "%s/%s", d, name) < 0)
+                return -ENOMEM;
+        cg->file_fds[f] = open(p, (f == CGROUP_FILE_PEAK ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY);
+        if (cg->file_fds[f] < 0)
+                return -errno;
+        return cg->file_fds[f];
+}
+
+/* Reads one of the group's files, as a NUL-terminated string; the length. */
+static int file_read(CGroup *cg, CGroupFile f, char *buf, size_t size) {
+        ssize_t k;
+        int fd;
+
+        fd = file_fd(cg, f);
+        if (fd < 0)
+                return fd;
+        /* these files are small: all of it comes in one read */
+        k = pread(fd, buf, size - 1, 0);
+        if (k < 0)
+                return -errno;
+        if ((size_t) k >= size - 1)
+                return -EFBIG;
+        buf[k] = '\0';
+        return (int) k;
 }
 
 static int open_procs_fds(CGroup *cg) {
@@ -853,35 +925,22 @@ int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, C
 }
 
 static int get_stats_raw(CGroup *cg, CGroupStats *ret);
-static const char *dir_with(CGroup *cg, CGroupController c);
 
 /* The peak from here on. v1: writing resets the group's maximum to its current usage.
  * v2: a write resets the peak as seen through this fd (Linux 6.12+); older kernels have only
- * the group's lifetime peak, which is what is reported then. */
+ * the group's lifetime peak (or none), which is what is reported then. */
 static int reset_peak(CGroup *cg) {
-        const char *d;
-        int r;
+        int fd = file_fd(cg, CGROUP_FILE_PEAK);
 
+        if (fd == -ENOENT)
+                return 0;
+        if (fd < 0)
+                return fd;
         if (cg->root->mode == CGROUP_MODE_UNIFIED) {
-                if (cg->peak_fd < 0) {
-                        _cleanup_free_ char *p = path_join(cg->dirs[0], NULL, "/memory.peak");
-
-                        if (!p)
-                                return -ENOMEM;
-                        cg->peak_fd = open(p, O_RDWR | O_CLOEXEC | O_NOCTTY);
-                        if (cg->peak_fd < 0)
-                                return 0;
-                }
-                if (pwrite(cg->peak_fd, "reset\n", 6, 0) != 6)
-                        cg->peak_fd = safe_close(cg->peak_fd);
+                (void) pwrite(fd, "reset\n", 6, 0);
                 return 0;
         }
-
-        d = dir_with(cg, CGROUP_CONTROLLER_MEMORY);
-        if (!d)
-                return 0;
-        r = write_attr(d, "memory.max_usage_in_bytes", "0");
-        return r == -ENOENT ? 0 : r;
+        return pwrite(fd, "0", 1, 0) == 1 ? 0 : -errno;
 }
 
 /* Kills what is in the group until it is empty; -EBUSY after timeout_usec. */
@@ -1060,25 +1119,21 @@ int cgroup_kill(CGroup *cg) {
 }
 
 int cgroup_is_populated(CGroup *cg) {
-        const char *d;
+        bool counted = false;
         char buf[256];
         uint64_t v;
         int r;
 
         /* pids.current counts tasks until they are reaped: zombies, too */
-        d = dir_with(cg, CGROUP_CONTROLLER_PIDS);
-        if (d) {
-                r = read_attr(d, "pids.current", buf, sizeof buf);
-                if (r >= 0 && strtoull(buf, NULL, 10) > 0)
-                        return 1;
-                if (r < 0 && r != -ENOENT)
-                        return r;
-        }
+        r = file_read(cg, CGROUP_FILE_PIDS_CURRENT, buf, sizeof buf);
+        if (r >= 0 && strtoull(buf, NULL, 10) > 0)
+                return 1;
+        if (r < 0 && r != -ENOENT)
+                return r;
+        counted = r >= 0;
 
         if (cg->root->mode == CGROUP_MODE_UNIFIED) {
-                if (!cg->dirs[0])
-                        return 0;
-                r = read_attr(cg->dirs[0], "cgroup.events", buf, sizeof buf);
+                r = file_read(cg, CGROUP_FILE_EVENTS, buf, sizeof buf);
                 if (r == -ENOENT)
                         return 0;
                 if (r < 0)
@@ -1089,9 +1144,12 @@ int cgroup_is_populated(CGroup *cg) {
                 return v > 0;
         }
 
+        /* v1: a process may be in the group of some hierarchies only */
         for (size_t i = 0; i < cg->n; i++) {
                 if (!cg->dirs[i])
                         continue;
+                if (counted && (cg->root->h[i].mask & MASK(CGROUP_CONTROLLER_PIDS)))
+                        continue; /* that is pids.current's */
                 r = read_attr(cg->dirs[i], "cgroup.procs", buf, sizeof buf);
                 if (r == -ENOENT)
                         continue;
@@ -1142,63 +1200,46 @@ static const char *dir_with(CGroup *cg, CGroupController c) {
 static int get_stats_raw(CGroup *cg, CGroupStats *ret) {
         CGroupStats s = {};
         char buf[4096];
-        const char *d;
         int r;
 
         if (cg->root->mode == CGROUP_MODE_UNIFIED) {
                 bool optional = cg->root->flags & CGROUP_ROOT_LIMITS_OPTIONAL;
 
-                d = cg->dirs[0];
-                if (!d)
+                if (!cg->dirs[0])
                         return -ENOENT;
-                r = read_attr(d, "memory.events", buf, sizeof buf);
+                r = file_read(cg, CGROUP_FILE_OOM, buf, sizeof buf);
                 if (r >= 0)
                         r = keyed_u64(buf, "oom_kill", &s.oom_kills);
                 if (r < 0 && !(r == -ENOENT && optional))
                         return r;
-                r = read_attr(d, "pids.events", buf, sizeof buf);
+                r = file_read(cg, CGROUP_FILE_PIDS_EVENTS, buf, sizeof buf);
                 if (r >= 0)
                         r = keyed_u64(buf, "max", &s.pids_max_events);
                 if (r < 0 && !(r == -ENOENT && optional))
                         return r;
-                if (cg->peak_fd >= 0) {
-                        ssize_t k = pread(cg->peak_fd, buf, sizeof buf - 1, 0);
-                        if (k > 0) {
-                                buf[k] = '\0';
-                                s.memory_peak = strtoull(buf, NULL, 10);
-                        }
-                } else if (read_attr(d, "memory.peak", buf, sizeof buf) > 0)
+                if (file_read(cg, CGROUP_FILE_PEAK, buf, sizeof buf) > 0)
                         s.memory_peak = strtoull(buf, NULL, 10);
-                if (read_attr(d, "cpu.stat", buf, sizeof buf) > 0)
+                if (file_read(cg, CGROUP_FILE_CPU, buf, sizeof buf) > 0)
                         (void) keyed_u64(buf, "usage_usec", &s.cpu_usec);
                 *ret = s;
                 return 0;
         }
 
-        d = dir_with(cg, CGROUP_CONTROLLER_MEMORY);
-        if (!d)
-                return -ENOENT;
-        r = read_attr(d, "memory.oom_control", buf, sizeof buf);
+        r = file_read(cg, CGROUP_FILE_OOM, buf, sizeof buf);
         if (r < 0)
                 return r;
         r = keyed_u64(buf, "oom_kill", &s.oom_kills); /* since Linux 4.13 */
         if (r < 0)
                 return r;
-        if (read_attr(d, "memory.max_usage_in_bytes", buf, sizeof buf) > 0)
+        if (file_read(cg, CGROUP_FILE_PEAK, buf, sizeof buf) > 0)
                 s.memory_peak = strtoull(buf, NULL, 10);
-
-        d = dir_with(cg, CGROUP_CONTROLLER_PIDS);
-        if (!d)
-                return -ENOENT;
-        r = read_attr(d, "pids.events", buf, sizeof buf);
+        r = file_read(cg, CGROUP_FILE_PIDS_EVENTS, buf, sizeof buf);
         if (r < 0)
                 return r;
         r = keyed_u64(buf, "max", &s.pids_max_events);
         if (r < 0)
                 return r;
-
-        d = dir_with(cg, CGROUP_CONTROLLER_CPUACCT);
-        if (d && read_attr(d, "cpuacct.usage", buf, sizeof buf) > 0)
+        if (file_read(cg, CGROUP_FILE_CPU, buf, sizeof buf) > 0)
                 s.cpu_usec = strtoull(buf, NULL, 10) / 1000;
 
         *ret = s;

@@ -628,6 +628,7 @@ Sandbox *sandbox_free(Sandbox *sb) {
 int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         _cleanup_(sandbox_freep) Sandbox *sb = NULL;
         struct sigaction sa;
+        struct rlimit rl;
         size_t n = 0;
         unsigned version = 0;
         int r;
@@ -648,6 +649,13 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
                 (void) signal(SIGPIPE, SIG_IGN);
         if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
                 return error_set(ret_error, -errno, "Cannot become a child subreaper: %m");
+        /* About ten fds per slot held (its lock and cgroup files) and seven per run: the soft
+         * limit of 1024 (systemd's default, for select() users) would cap the concurrency.
+         * Nothing here uses select(); the programs get SANDBOX_OPEN_FILES_MAX of their own. */
+        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
 
         if (sodium_init() < 0)
                 return error_set(ret_error, -EIO, "libsodium failed to initialize");

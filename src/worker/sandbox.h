@@ -39,8 +39,9 @@
  * set to SIG_IGN if it is still SIG_DFL (stdin of a program that exits early); the process
  * becomes a child subreaper (PR_SET_CHILD_SUBREAPER), so that processes orphaned by a kill
  * are reparented to it — the sandbox reaps those zombies whose UID is in the slot range, and
- * nothing else. On cgroup v2 with the default cgroup root, every process of the worker's
- * cgroup is moved to <own cgroup>/supervisor. */
+ * nothing else; the soft RLIMIT_NOFILE is raised to the hard one. On cgroup v2 with the
+ * default cgroup root, every process of the worker's cgroup is moved to <own
+ * cgroup>/supervisor. */
 
 typedef struct Config Config; /* src/shared/config.h */
 

@@ -1032,17 +1032,15 @@ static int pidfd_send_signal_(int fd, int sig) {
         return (int) syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
 }
 
-/* Is pid (pinned by an open pidfd) still in the group of hierarchy i? */
-static bool pid_in_group(CGroup *cg, size_t i, pid_t pid) {
-        _cleanup_free_ char *text = NULL, *want = NULL;
+/* The hierarchies (a bit each) in whose group pid is, by /proc/PID/cgroup. */
+static unsigned pid_groups(CGroup *cg, pid_t pid) {
+        _cleanup_free_ char *text = NULL;
         char path[64];
-        const Hierarchy *h = &cg->root->h[i];
+        unsigned mask = 0;
 
         snprintf(path, sizeof path, "/proc/%d/cgroup", (int) pid);
         if (read_full_file(path, &text) < 0)
-                return false;
-        if (asprintf(&want, "%s/%s", h->cg_path, cg->name) < 0)
-                return false;
+                return 0;
 
         for (char *line = text, *next; line && *line; line = next) {
                 next = strchr(line, '\n');
@@ -1053,51 +1051,101 @@ static bool pid_in_group(CGroup *cg, size_t i, pid_t pid) {
                 if (!c2)
                         continue;
                 *c2 = '\0';
-                bool match = h->ctl_name ? list_contains(c1 + 1, ",", h->ctl_name)
-                                         : strneq(line, "0:", 2) && c1[1] == '\0';
-                if (match)
-                        return streq(c2 + 1, want);
+                for (size_t i = 0; i < cg->n; i++) {
+                        const Hierarchy *h = &cg->root->h[i];
+                        size_t l = strlen(h->cg_path);
+                        bool match = h->ctl_name ? list_contains(c1 + 1, ",", h->ctl_name)
+                                                 : strneq(line, "0:", 2) && c1[1] == '\0';
+
+                        /* <cg_path>/<name> */
+                        if (match && strneq(c2 + 1, h->cg_path, l) && c2[1 + l] == '/' &&
+                            streq(c2 + 2 + l, cg->name))
+                                mask |= 1u << i;
+                }
         }
-        return false;
+        return mask;
 }
 
-static int kill_listed(CGroup *cg, size_t i) {
-        _cleanup_free_ char *text = NULL, *p = NULL;
-        int r, n = 0;
+typedef struct Listed {
+        pid_t pid;
+        unsigned in; /* the hierarchies whose cgroup.procs listed it */
+} Listed;
 
-        if (!cg->dirs[i])
-                return 0;
-        p = path_join(cg->dirs[i], NULL, "/cgroup.procs");
-        if (!p)
-                return -ENOMEM;
-        r = read_full_file(p, &text);
-        if (r == -ENOENT)
-                return 0;
-        if (r < 0)
-                return r;
+static int listed_compare(const void *a, const void *b) {
+        pid_t x = ((const Listed *) a)->pid, y = ((const Listed *) b)->pid;
+        return x < y ? -1 : x > y;
+}
 
-        for (char *s = text, *next; s && *s; s = next) {
-                next = strchr(s, '\n');
-                if (next)
-                        *next++ = '\0';
-                char *end;
-                long pid = strtol(s, &end, 10);
-                if (end == s || *end != '\0' || pid <= 1)
+/* Every process listed in the group's cgroup.procs of any hierarchy, signalled once through a
+ * pidfd after checking that it is (still) in the group: the pid may have been reused since it
+ * was listed. A process is usually listed in every hierarchy, and /proc/PID/cgroup tells about
+ * all of them at once. The number of processes signalled. */
+static int kill_listed(CGroup *cg) {
+        _cleanup_free_ Listed *l = NULL;
+        size_t n = 0, allocated = 0, m = 0;
+        int r, k = 0;
+
+        for (size_t i = 0; i < cg->n; i++) {
+                _cleanup_free_ char *text = NULL, *p = NULL;
+
+                if (!cg->dirs[i])
                         continue;
+                p = path_join(cg->dirs[i], NULL, "/cgroup.procs");
+                if (!p)
+                        return -ENOMEM;
+                r = read_full_file(p, &text);
+                if (r == -ENOENT)
+                        continue;
+                if (r < 0)
+                        return r;
+                for (char *s = text, *next; s && *s; s = next) {
+                        char *end;
+                        long pid;
 
-                _cleanup_close_ int fd = pidfd_open_((pid_t) pid);
+                        next = strchr(s, '\n');
+                        if (next)
+                                *next++ = '\0';
+                        pid = strtol(s, &end, 10);
+                        if (end == s || *end != '\0' || pid <= 1)
+                                continue;
+                        if (n == allocated) {
+                                size_t a = MAX(allocated * 2, (size_t) 16);
+                                Listed *q = realloc(l, a * sizeof *q);
+                                if (!q)
+                                        return -ENOMEM;
+                                l = q;
+                                allocated = a;
+                        }
+                        l[n++] = (Listed) { .pid = (pid_t) pid, .in = 1u << i };
+                }
+        }
+        if (n == 0)
+                return 0;
+
+        /* one entry per process */
+        qsort(l, n, sizeof *l, listed_compare);
+        for (size_t j = 1; j < n; j++)
+                if (l[j].pid == l[m].pid)
+                        l[m].in |= l[j].in;
+                else
+                        l[++m] = l[j];
+        n = m + 1;
+
+        for (size_t j = 0; j < n; j++) {
+                _cleanup_close_ int fd = pidfd_open_(l[j].pid);
+
                 if (fd < 0)
                         continue; /* gone already */
-                if (!pid_in_group(cg, i, (pid_t) pid))
-                        continue; /* exited and the pid was reused by someone else */
+                if (!(pid_groups(cg, l[j].pid) & l[j].in))
+                        continue; /* left (an exiting process shows no group), or a reused pid */
                 if (pidfd_send_signal_(fd, SIGKILL) >= 0)
-                        n++;
+                        k++;
         }
-        return n;
+        return k;
 }
 
 int cgroup_kill(CGroup *cg) {
-        int r, n = 0;
+        int r;
 
         if (cg->root->mode == CGROUP_MODE_UNIFIED) {
                 if (!cg->dirs[0])
@@ -1109,13 +1157,7 @@ int cgroup_kill(CGroup *cg) {
                         return r;
         }
 
-        for (size_t i = 0; i < cg->n; i++) {
-                r = kill_listed(cg, i);
-                if (r < 0)
-                        return r;
-                n += r;
-        }
-        return n;
+        return kill_listed(cg);
 }
 
 int cgroup_is_populated(CGroup *cg) {

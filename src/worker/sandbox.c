@@ -100,7 +100,8 @@ struct Sandbox {
         char *runtime_dir;
         char *bwrap;
         int runtime_fd;
-        int cache_fd; /* <cache_dir>/csharp, or -EBADF */
+        int cache_fd;    /* <cache_dir>/csharp, or -EBADF */
+        int children_fd; /* our /proc/self/task/<tid>/children, see reap_orphans() */
         CGroupRoot *cgroup_root;
         Runner *runners[_LANGUAGE_MAX];
         char **base_args; /* bwrap options common to every run */
@@ -380,15 +381,19 @@ static int kill_uid(uid_t uid) {
  * UID that no run tracks as its main process — so that nothing of a run lingers, not even in
  * the process table (pids.current counts zombies, too). */
 static void reap_orphans(Sandbox *sb) {
-        char path[64], buf[4096];
-        _cleanup_close_ int fd = -EBADF;
+        char buf[4096];
         ssize_t k;
 
-        snprintf(path, sizeof path, "/proc/self/task/%d/children", (int) getpid());
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return;
-        k = read(fd, buf, sizeof buf - 1);
+        /* several times a run: kept open, read anew from offset 0 */
+        if (sb->children_fd < 0) {
+                char path[64];
+
+                snprintf(path, sizeof path, "/proc/self/task/%d/children", (int) getpid());
+                sb->children_fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (sb->children_fd < 0)
+                        return;
+        }
+        k = pread(sb->children_fd, buf, sizeof buf - 1, 0);
         if (k <= 0)
                 return;
         buf[k] = '\0';
@@ -620,6 +625,7 @@ Sandbox *sandbox_free(Sandbox *sb) {
         strv_free(sb->base_args);
         safe_close(sb->runtime_fd);
         safe_close(sb->cache_fd);
+        safe_close(sb->children_fd);
         free(sb->runtime_dir);
         free(sb->bwrap);
         return mfree(sb);
@@ -663,7 +669,7 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         sb = calloc(1, sizeof *sb);
         if (!sb)
                 return -ENOMEM;
-        sb->runtime_fd = sb->cache_fd = -EBADF;
+        sb->runtime_fd = sb->cache_fd = sb->children_fd = -EBADF;
         sb->stem = STEM_NULL;
         sb->settings = *s;
         sb->settings.cgroup_root = sb->settings.runtime_dir = sb->settings.cache_dir = sb->settings.bwrap_path = NULL;
@@ -1751,13 +1757,9 @@ static int on_child(sd_event_source *s, int fd, uint32_t revents, void *userdata
         /* Nothing of the run outlives its main process: bubblewrap's PID namespace goes down
          * with it anyway (the kernel kills what is left in it when its PID 1 exits), this makes
          * sure. What is typically left is that PID 1, reparented to us and exiting or a zombie:
-         * reaped first, a zombie does not count; one still exiting is killed through the cgroup
-         * and phase_settle() goes on until the group is empty (with kill_uid() if something is
-         * still there a tick later, not here: that fork would be for nothing in nearly every
-         * run). */
-        reap_orphans(r->sandbox);
-        if (r->cgroup && cgroup_is_populated(r->cgroup) > 0)
-                (void) cgroup_kill(r->cgroup);
+         * phase_settle() reaps it first (a zombie does not count), kills what is still in the
+         * cgroup and goes on until the group is empty (with kill_uid() if something is still
+         * there a tick later, not at once: that fork would be for nothing in nearly every run). */
         r->settle_start = now_mono();
         phase_settle(r, false);
         return 0;

@@ -581,6 +581,49 @@ static int open_private_dir(const char *path, mode_t mode, char **ret_error) {
         return TAKE_FD(fd);
 }
 
+/* What crashed workers left in slots nobody holds now: a working directory (its tmpfs may
+ * hold up to SANDBOX_MEMORY_MAX of files), the slot's cgroup. Whoever takes such a slot
+ * cleans it up, but a sandbox keeps the slots it uses (slot_keep()) rather than coming round
+ * to every slot of the range in turn: so a starting sandbox (a worker restarted after a
+ * crash) sweeps the range once. Cheap where there is nothing: a stat or two per slot. */
+static void slots_sweep(Sandbox *sb) {
+        const char *cg_root = cgroup_root_path(sb->cgroup_root);
+        unsigned n = sandbox_slots(sb), swept = 0;
+
+        for (unsigned i = 0; i < n; i++) {
+                uid_t uid = sb->settings.uid_min + i;
+                char lock_name[48], slot_name[32], group[PATH_MAX];
+                _cleanup_free_ char *workdir = NULL;
+                _cleanup_close_ int fd = -EBADF;
+                struct stat st;
+                int k;
+
+                snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
+                snprintf(slot_name, sizeof slot_name, "slot-%u", (unsigned) uid);
+                snprintf(group, sizeof group, "%s/%s", strempty(cg_root), slot_name);
+                if (fstatat(sb->runtime_fd, slot_name, &st, AT_SYMLINK_NOFOLLOW) < 0 &&
+                    (!cg_root || access(group, F_OK) < 0))
+                        continue;
+
+                fd = openat(sb->runtime_fd, lock_name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+                if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+                        continue; /* in use: its holder's business */
+                if (asprintf(&workdir, "%s/%s", sb->runtime_dir, slot_name) < 0)
+                        return;
+                k = cgroup_trim(sb->cgroup_root, slot_name, TRIM_TIMEOUT_USEC);
+                if (k >= 0)
+                        k = kill_uid(uid);
+                if (k >= 0)
+                        k = workdir_trim(workdir);
+                if (k < 0)
+                        log_debug_errno(k, "Failed to clean up slot %u, left to whoever takes it: %m", (unsigned) uid);
+                else
+                        swept++;
+        }
+        if (swept > 0)
+                log_debug("Cleaned up what crashed workers left in %u sandbox slot(s).", swept);
+}
+
 /* The cgroups of the slots we used, as far as no one else is using the slot right now (the
  * slot range is shared by every worker of the host): nothing of ours stays behind. */
 static void slots_remove_cgroups(Sandbox *sb) {
@@ -719,6 +762,8 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
                         return r;
                 sb->cache_fd = r;
         }
+
+        slots_sweep(sb);
 
         r = strv_pushv(&sb->base_args, &n, sb->bwrap,
                        "--unshare-all", "--unshare-user", "--unshare-cgroup",

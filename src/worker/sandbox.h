@@ -142,8 +142,9 @@ typedef struct SandboxRun SandboxRun;
 typedef void (*SandboxDoneCallback)(SandboxRun *run, SandboxResult *result, void *userdata);
 
 /* Checks everything that can be checked up front (root, bwrap, toolchains, UID range not
- * used by any account, cgroup controllers) and sets up the cgroup root, runtime and cache
- * directories. *ret_error explains a failure for the operator. */
+ * used by any account, cgroup controllers), sets up the cgroup root, runtime and cache
+ * directories, and cleans up what crashed workers left in the free slots of the range.
+ * *ret_error explains a failure for the operator. */
 int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error);
 /* Runs still alive are killed and freed (without their callbacks). */
 Sandbox *sandbox_free(Sandbox *sb);

@@ -1226,6 +1226,66 @@ static void test_free_running(void **state) {
         assert_slot_cgroup_empty(uid);
 }
 
+/* What a crashed worker left in a free slot of the range — its working directory, a tmpfs
+ * with a file on it, and the slot's cgroup with a process in it — is cleaned up when a sandbox
+ * starts, also in a slot it would not use: it keeps the slots it uses rather than coming round
+ * to every slot of the range. */
+static void test_slot_sweep(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *two = NULL;
+        _cleanup_free_ char *error = NULL, *root = NULL;
+        SandboxSettings s;
+        char dir[512], path[600], workdir[128], pidbuf[32];
+        int status, p[2];
+        uid_t uid;
+        pid_t pid;
+
+        test_settings(&s);
+        s.uid_min = TEST_UID_SINGLE + 8;
+        s.uid_max = TEST_UID_SINGLE + 9;
+        uid = s.uid_max;
+        if (sandbox_new(&s, &two, &error) < 0)
+                fail_msg("%s", strna(error));
+        root = strdup(sandbox_cgroup_root(two));
+        assert_non_null(root);
+        two = sandbox_free(two);
+
+        snprintf(workdir, sizeof workdir, RUNTIME_DIR "/slot-%u", (unsigned) uid);
+        assert_int_equal(mkdir(workdir, 0700), 0);
+        assert_int_equal(mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m"), 0);
+        snprintf(path, sizeof path, "%s/left", workdir);
+        assert_int_equal(write_str(path, "x", 0600), 0);
+
+        snprintf(dir, sizeof dir, "%s/slot-%u", root, (unsigned) uid);
+        assert_int_equal(mkdir(dir, 0755), 0);
+        snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                snprintf(pidbuf, sizeof pidbuf, "%d", (int) getpid());
+                if (write_str(path, pidbuf, 0644) < 0)
+                        _exit(1);
+                (void) !write(p[1], "x", 1);
+                for (;;)
+                        pause();
+        }
+        close(p[1]);
+        assert_int_equal(read(p[0], pidbuf, 1), 1);
+        close(p[0]);
+
+        if (sandbox_new(&s, &two, &error) < 0)
+                fail_msg("%s", strna(error));
+        if (waitpid(pid, &status, WNOHANG) != pid) {
+                (void) kill(pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                fail_msg("the process in the leftover cgroup was not killed");
+        }
+        assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+        assert_int_equal(access(dir, F_OK), -1);
+        assert_int_equal(access(workdir, F_OK), -1);
+        assert_false(slot_locked(uid));
+}
+
 typedef struct Planted {
         uid_t uid;
         bool mounted;
@@ -1738,6 +1798,7 @@ int main(void) {
                 cmocka_unit_test(test_slot_cgroup_leftover),
                 cmocka_unit_test(test_slot_reused),
                 cmocka_unit_test(test_slot_unclean_not_kept),
+                cmocka_unit_test(test_slot_sweep),
                 cmocka_unit_test(test_prepared_child),
                 cmocka_unit_test(test_py_no_fds_leaked),
                 cmocka_unit_test(test_bwrap_setup_failure),

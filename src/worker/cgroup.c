@@ -58,16 +58,41 @@ struct CGroupRoot {
         size_t n;
 };
 
+/* The files of a group that every run reads (or writes): opened on first use and kept open
+ * with the group, read with pread() at offset 0, which makes the kernel produce them anew.
+ * Not cgroup.procs on v1: its list is cached per open file (for up to a second). */
+typedef enum CGroupFile {
+        CGROUP_FILE_PIDS_CURRENT, /* pids.current */
+        CGROUP_FILE_EVENTS,       /* v2: cgroup.events */
+        CGROUP_FILE_OOM,          /* v2: memory.events; v1: memory.oom_control */
+        CGROUP_FILE_PIDS_EVENTS,  /* pids.events */
+        CGROUP_FILE_PEAK,         /* v2: memory.peak; v1: memory.max_usage_in_bytes; read and reset */
+        CGROUP_FILE_CPU,          /* v2: cpu.stat; v1: cpuacct.usage */
+        _CGROUP_FILE_MAX,
+} CGroupFile;
+
+static const struct {
+        const char *v2, *v1;
+        CGroupController controller; /* v1: the hierarchy it is in */
+} cgroup_files[_CGROUP_FILE_MAX] = {
+        [CGROUP_FILE_PIDS_CURRENT] = { "pids.current", "pids.current", CGROUP_CONTROLLER_PIDS },
+        [CGROUP_FILE_EVENTS] = { "cgroup.events", NULL, 0 },
+        [CGROUP_FILE_OOM] = { "memory.events", "memory.oom_control", CGROUP_CONTROLLER_MEMORY },
+        [CGROUP_FILE_PIDS_EVENTS] = { "pids.events", "pids.events", CGROUP_CONTROLLER_PIDS },
+        [CGROUP_FILE_PEAK] = { "memory.peak", "memory.max_usage_in_bytes", CGROUP_CONTROLLER_MEMORY },
+        [CGROUP_FILE_CPU] = { "cpu.stat", "cpuacct.usage", CGROUP_CONTROLLER_CPUACCT },
+};
+
 struct CGroup {
         CGroupRoot *root;
         char *name;
         char *dirs[_CGROUP_CONTROLLER_MAX];
         int procs_fds[_CGROUP_CONTROLLER_MAX];
+        int file_fds[_CGROUP_FILE_MAX]; /* see CGroupFile; -EBADF until used */
         size_t n;
         bool removed;
         bool keep;         /* a slot's group (cgroup_open_slot()): cgroup_free() leaves it in place */
-        CGroupStats base;  /* the counters at cgroup_open_slot(): cgroup_get_stats() reports the difference */
-        int peak_fd;       /* v2: memory.peak, reset through this fd (Linux 6.12+); -EBADF otherwise */
+        CGroupStats base;  /* the counters at cgroup_open_slot() or the last cgroup_get_stats() */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -591,7 +616,9 @@ static int root_new_legacy(const char *path, CGroupRoot *root, char **ret_error)
                                          controller_names[first], strerror(-r));
                                 goto fail;
                         }
-                        cg_path = path_join(own, NULL, "/dtask");
+                        /* "/" + "/dtask" must not give "//dtask": the path is compared with
+                         * /proc/PID/cgroup to tell a group's processes (cgroup_kill()) */
+                        cg_path = path_join("", own, "/dtask");
                 }
                 if (!cg_path) {
                         r = -ENOMEM;
@@ -765,9 +792,10 @@ static CGroup *cgroup_alloc(CGroupRoot *root, const char *name) {
                 return NULL;
         cg->root = root;
         cg->n = root->n;
-        cg->peak_fd = -EBADF;
         for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
                 cg->procs_fds[i] = -EBADF;
+        for (size_t i = 0; i < _CGROUP_FILE_MAX; i++)
+                cg->file_fds[i] = -EBADF;
         cg->name = strdup(name);
         if (!cg->name)
                 return mfree(cg);
@@ -785,7 +813,53 @@ static CGroup *cgroup_alloc(CGroupRoot *root, const char *name) {
 static void cgroup_close_fds(CGroup *cg) {
         for (size_t i = 0; i < _CGROUP_CONTROLLER_MAX; i++)
                 cg->procs_fds[i] = safe_close(cg->procs_fds[i]);
-        cg->peak_fd = safe_close(cg->peak_fd);
+        for (size_t i = 0; i < _CGROUP_FILE_MAX; i++)
+                cg->file_fds[i] = safe_close(cg->file_fds[i]);
+}
+
+static const char *dir_with(CGroup *cg, CGroupController c);
+
+/* The fd of one of the group's files (see CGroupFile), opened on first use. -ENOENT where the
+ * mode or the hierarchies have no such file. */
+static int file_fd(CGroup *cg, CGroupFile f) {
+        _cleanup_free_ char *p = NULL;
+        const char *name, *d;
+
+        if (cg->file_fds[f] >= 0)
+                return cg->file_fds[f];
+        if (cg->root->mode == CGROUP_MODE_UNIFIED) {
+                name = cgroup_files[f].v2;
+                d = cg->dirs[0];
+        } else {
+                name = cgroup_files[f].v1;
+                d = name ? dir_with(cg, cgroup_files[f].controller) : NULL;
+        }
+        if (!name || !d)
+                return -ENOENT;
+        if (asprintf(&p, "%s/%s", d, name) < 0)
+                return -ENOMEM;
+        cg->file_fds[f] = open(p, (f == CGROUP_FILE_PEAK ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY);
+        if (cg->file_fds[f] < 0)
+                return -errno;
+        return cg->file_fds[f];
+}
+
+/* Reads one of the group's files, as a NUL-terminated string; the length. */
+static int file_read(CGroup *cg, CGroupFile f, char *buf, size_t size) {
+        ssize_t k;
+        int fd;
+
+        fd = file_fd(cg, f);
+        if (fd < 0)
+                return fd;
+        /* these files are small: all of it comes in one read */
+        k = pread(fd, buf, size - 1, 0);
+        if (k < 0)
+                return -errno;
+        if ((size_t) k >= size - 1)
+                return -EFBIG;
+        buf[k] = '\0';
+        return (int) k;
 }
 
 static int open_procs_fds(CGroup *cg) {
@@ -852,6 +926,23 @@ int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, C
 
 static int get_stats_raw(CGroup *cg, CGroupStats *ret);
 
+/* The peak from here on. v1: writing resets the group's maximum to its current usage.
+ * v2: a write resets the peak as seen through this fd (Linux 6.12+); older kernels have only
+ * the group's lifetime peak (or none), which is what is reported then. */
+static int reset_peak(CGroup *cg) {
+        int fd = file_fd(cg, CGROUP_FILE_PEAK);
+
+        if (fd == -ENOENT)
+                return 0;
+        if (fd < 0)
+                return fd;
+        if (cg->root->mode == CGROUP_MODE_UNIFIED) {
+                (void) pwrite(fd, "reset\n", 6, 0);
+                return 0;
+        }
+        return pwrite(fd, "0", 1, 0) == 1 ? 0 : -errno;
+}
+
 /* Kills what is in the group until it is empty; -EBUSY after timeout_usec. */
 static int wait_empty(CGroup *cg, uint64_t timeout_usec) {
         usec_t start = 0, now;
@@ -900,29 +991,9 @@ int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *lim
         if (r < 0)
                 return r;
 
-        /* The peak from here on. v1: writing resets the group's maximum to its current usage.
-         * v2: a write resets the peak as seen through this fd (Linux 6.12+); older kernels
-         * have only the group's lifetime peak, which is what is reported then. */
-        if (root->mode == CGROUP_MODE_UNIFIED) {
-                _cleanup_free_ char *p = path_join(cg->dirs[0], NULL, "/memory.peak");
-
-                if (!p)
-                        return -ENOMEM;
-                cg->peak_fd = open(p, O_RDWR | O_CLOEXEC | O_NOCTTY);
-                if (cg->peak_fd >= 0 && write(cg->peak_fd, "reset\n", 6) != 6)
-                        cg->peak_fd = safe_close(cg->peak_fd);
-        } else {
-                const char *d = NULL;
-
-                for (size_t i = 0; i < cg->n && !d; i++)
-                        if (root->h[i].mask & MASK(CGROUP_CONTROLLER_MEMORY))
-                                d = cg->dirs[i];
-                if (d) {
-                        r = write_attr(d, "memory.max_usage_in_bytes", "0");
-                        if (r < 0 && r != -ENOENT)
-                                return r;
-                }
-        }
+        r = reset_peak(cg);
+        if (r < 0)
+                return r;
 
         /* counters are cumulative over the group's life: the run's are the difference */
         r = get_stats_raw(cg, &cg->base);
@@ -961,17 +1032,15 @@ static int pidfd_send_signal_(int fd, int sig) {
         return (int) syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
 }
 
-/* Is pid (pinned by an open pidfd) still in the group of hierarchy i? */
-static bool pid_in_group(CGroup *cg, size_t i, pid_t pid) {
-        _cleanup_free_ char *text = NULL, *want = NULL;
+/* The hierarchies (a bit each) in whose group pid is, by /proc/PID/cgroup. */
+static unsigned pid_groups(CGroup *cg, pid_t pid) {
+        _cleanup_free_ char *text = NULL;
         char path[64];
-        const Hierarchy *h = &cg->root->h[i];
+        unsigned mask = 0;
 
         snprintf(path, sizeof path, "/proc/%d/cgroup", (int) pid);
         if (read_full_file(path, &text) < 0)
-                return false;
-        if (asprintf(&want, "%s/%s", h->cg_path, cg->name) < 0)
-                return false;
+                return 0;
 
         for (char *line = text, *next; line && *line; line = next) {
                 next = strchr(line, '\n');
@@ -982,51 +1051,101 @@ static bool pid_in_group(CGroup *cg, size_t i, pid_t pid) {
                 if (!c2)
                         continue;
                 *c2 = '\0';
-                bool match = h->ctl_name ? list_contains(c1 + 1, ",", h->ctl_name)
-                                         : strneq(line, "0:", 2) && c1[1] == '\0';
-                if (match)
-                        return streq(c2 + 1, want);
+                for (size_t i = 0; i < cg->n; i++) {
+                        const Hierarchy *h = &cg->root->h[i];
+                        size_t l = strlen(h->cg_path);
+                        bool match = h->ctl_name ? list_contains(c1 + 1, ",", h->ctl_name)
+                                                 : strneq(line, "0:", 2) && c1[1] == '\0';
+
+                        /* <cg_path>/<name> */
+                        if (match && strneq(c2 + 1, h->cg_path, l) && c2[1 + l] == '/' &&
+                            streq(c2 + 2 + l, cg->name))
+                                mask |= 1u << i;
+                }
         }
-        return false;
+        return mask;
 }
 
-static int kill_listed(CGroup *cg, size_t i) {
-        _cleanup_free_ char *text = NULL, *p = NULL;
-        int r, n = 0;
+typedef struct Listed {
+        pid_t pid;
+        unsigned in; /* the hierarchies whose cgroup.procs listed it */
+} Listed;
 
-        if (!cg->dirs[i])
-                return 0;
-        p = path_join(cg->dirs[i], NULL, "/cgroup.procs");
-        if (!p)
-                return -ENOMEM;
-        r = read_full_file(p, &text);
-        if (r == -ENOENT)
-                return 0;
-        if (r < 0)
-                return r;
+static int listed_compare(const void *a, const void *b) {
+        pid_t x = ((const Listed *) a)->pid, y = ((const Listed *) b)->pid;
+        return x < y ? -1 : x > y;
+}
 
-        for (char *s = text, *next; s && *s; s = next) {
-                next = strchr(s, '\n');
-                if (next)
-                        *next++ = '\0';
-                char *end;
-                long pid = strtol(s, &end, 10);
-                if (end == s || *end != '\0' || pid <= 1)
+/* Every process listed in the group's cgroup.procs of any hierarchy, signalled once through a
+ * pidfd after checking that it is (still) in the group: the pid may have been reused since it
+ * was listed. A process is usually listed in every hierarchy, and /proc/PID/cgroup tells about
+ * all of them at once. The number of processes signalled. */
+static int kill_listed(CGroup *cg) {
+        _cleanup_free_ Listed *l = NULL;
+        size_t n = 0, allocated = 0, m = 0;
+        int r, k = 0;
+
+        for (size_t i = 0; i < cg->n; i++) {
+                _cleanup_free_ char *text = NULL, *p = NULL;
+
+                if (!cg->dirs[i])
                         continue;
+                p = path_join(cg->dirs[i], NULL, "/cgroup.procs");
+                if (!p)
+                        return -ENOMEM;
+                r = read_full_file(p, &text);
+                if (r == -ENOENT)
+                        continue;
+                if (r < 0)
+                        return r;
+                for (char *s = text, *next; s && *s; s = next) {
+                        char *end;
+                        long pid;
 
-                _cleanup_close_ int fd = pidfd_open_((pid_t) pid);
+                        next = strchr(s, '\n');
+                        if (next)
+                                *next++ = '\0';
+                        pid = strtol(s, &end, 10);
+                        if (end == s || *end != '\0' || pid <= 1)
+                                continue;
+                        if (n == allocated) {
+                                size_t a = MAX(allocated * 2, (size_t) 16);
+                                Listed *q = realloc(l, a * sizeof *q);
+                                if (!q)
+                                        return -ENOMEM;
+                                l = q;
+                                allocated = a;
+                        }
+                        l[n++] = (Listed) { .pid = (pid_t) pid, .in = 1u << i };
+                }
+        }
+        if (n == 0)
+                return 0;
+
+        /* one entry per process */
+        qsort(l, n, sizeof *l, listed_compare);
+        for (size_t j = 1; j < n; j++)
+                if (l[j].pid == l[m].pid)
+                        l[m].in |= l[j].in;
+                else
+                        l[++m] = l[j];
+        n = m + 1;
+
+        for (size_t j = 0; j < n; j++) {
+                _cleanup_close_ int fd = pidfd_open_(l[j].pid);
+
                 if (fd < 0)
                         continue; /* gone already */
-                if (!pid_in_group(cg, i, (pid_t) pid))
-                        continue; /* exited and the pid was reused by someone else */
+                if (!(pid_groups(cg, l[j].pid) & l[j].in))
+                        continue; /* left (an exiting process shows no group), or a reused pid */
                 if (pidfd_send_signal_(fd, SIGKILL) >= 0)
-                        n++;
+                        k++;
         }
-        return n;
+        return k;
 }
 
 int cgroup_kill(CGroup *cg) {
-        int r, n = 0;
+        int r;
 
         if (cg->root->mode == CGROUP_MODE_UNIFIED) {
                 if (!cg->dirs[0])
@@ -1038,37 +1157,25 @@ int cgroup_kill(CGroup *cg) {
                         return r;
         }
 
-        for (size_t i = 0; i < cg->n; i++) {
-                r = kill_listed(cg, i);
-                if (r < 0)
-                        return r;
-                n += r;
-        }
-        return n;
+        return kill_listed(cg);
 }
 
-static const char *dir_with(CGroup *cg, CGroupController c);
-
 int cgroup_is_populated(CGroup *cg) {
-        const char *d;
+        bool counted = false;
         char buf[256];
         uint64_t v;
         int r;
 
         /* pids.current counts tasks until they are reaped: zombies, too */
-        d = dir_with(cg, CGROUP_CONTROLLER_PIDS);
-        if (d) {
-                r = read_attr(d, "pids.current", buf, sizeof buf);
-                if (r >= 0 && strtoull(buf, NULL, 10) > 0)
-                        return 1;
-                if (r < 0 && r != -ENOENT)
-                        return r;
-        }
+        r = file_read(cg, CGROUP_FILE_PIDS_CURRENT, buf, sizeof buf);
+        if (r >= 0 && strtoull(buf, NULL, 10) > 0)
+                return 1;
+        if (r < 0 && r != -ENOENT)
+                return r;
+        counted = r >= 0;
 
         if (cg->root->mode == CGROUP_MODE_UNIFIED) {
-                if (!cg->dirs[0])
-                        return 0;
-                r = read_attr(cg->dirs[0], "cgroup.events", buf, sizeof buf);
+                r = file_read(cg, CGROUP_FILE_EVENTS, buf, sizeof buf);
                 if (r == -ENOENT)
                         return 0;
                 if (r < 0)
@@ -1079,9 +1186,12 @@ int cgroup_is_populated(CGroup *cg) {
                 return v > 0;
         }
 
+        /* v1: a process may be in the group of some hierarchies only */
         for (size_t i = 0; i < cg->n; i++) {
                 if (!cg->dirs[i])
                         continue;
+                if (counted && (cg->root->h[i].mask & MASK(CGROUP_CONTROLLER_PIDS)))
+                        continue; /* that is pids.current's */
                 r = read_attr(cg->dirs[i], "cgroup.procs", buf, sizeof buf);
                 if (r == -ENOENT)
                         continue;
@@ -1132,63 +1242,46 @@ static const char *dir_with(CGroup *cg, CGroupController c) {
 static int get_stats_raw(CGroup *cg, CGroupStats *ret) {
         CGroupStats s = {};
         char buf[4096];
-        const char *d;
         int r;
 
         if (cg->root->mode == CGROUP_MODE_UNIFIED) {
                 bool optional = cg->root->flags & CGROUP_ROOT_LIMITS_OPTIONAL;
 
-                d = cg->dirs[0];
-                if (!d)
+                if (!cg->dirs[0])
                         return -ENOENT;
-                r = read_attr(d, "memory.events", buf, sizeof buf);
+                r = file_read(cg, CGROUP_FILE_OOM, buf, sizeof buf);
                 if (r >= 0)
                         r = keyed_u64(buf, "oom_kill", &s.oom_kills);
                 if (r < 0 && !(r == -ENOENT && optional))
                         return r;
-                r = read_attr(d, "pids.events", buf, sizeof buf);
+                r = file_read(cg, CGROUP_FILE_PIDS_EVENTS, buf, sizeof buf);
                 if (r >= 0)
                         r = keyed_u64(buf, "max", &s.pids_max_events);
                 if (r < 0 && !(r == -ENOENT && optional))
                         return r;
-                if (cg->peak_fd >= 0) {
-                        ssize_t k = pread(cg->peak_fd, buf, sizeof buf - 1, 0);
-                        if (k > 0) {
-                                buf[k] = '\0';
-                                s.memory_peak = strtoull(buf, NULL, 10);
-                        }
-                } else if (read_attr(d, "memory.peak", buf, sizeof buf) > 0)
+                if (file_read(cg, CGROUP_FILE_PEAK, buf, sizeof buf) > 0)
                         s.memory_peak = strtoull(buf, NULL, 10);
-                if (read_attr(d, "cpu.stat", buf, sizeof buf) > 0)
+                if (file_read(cg, CGROUP_FILE_CPU, buf, sizeof buf) > 0)
                         (void) keyed_u64(buf, "usage_usec", &s.cpu_usec);
                 *ret = s;
                 return 0;
         }
 
-        d = dir_with(cg, CGROUP_CONTROLLER_MEMORY);
-        if (!d)
-                return -ENOENT;
-        r = read_attr(d, "memory.oom_control", buf, sizeof buf);
+        r = file_read(cg, CGROUP_FILE_OOM, buf, sizeof buf);
         if (r < 0)
                 return r;
         r = keyed_u64(buf, "oom_kill", &s.oom_kills); /* since Linux 4.13 */
         if (r < 0)
                 return r;
-        if (read_attr(d, "memory.max_usage_in_bytes", buf, sizeof buf) > 0)
+        if (file_read(cg, CGROUP_FILE_PEAK, buf, sizeof buf) > 0)
                 s.memory_peak = strtoull(buf, NULL, 10);
-
-        d = dir_with(cg, CGROUP_CONTROLLER_PIDS);
-        if (!d)
-                return -ENOENT;
-        r = read_attr(d, "pids.events", buf, sizeof buf);
+        r = file_read(cg, CGROUP_FILE_PIDS_EVENTS, buf, sizeof buf);
         if (r < 0)
                 return r;
         r = keyed_u64(buf, "max", &s.pids_max_events);
         if (r < 0)
                 return r;
-
-        d = dir_with(cg, CGROUP_CONTROLLER_CPUACCT);
-        if (d && read_attr(d, "cpuacct.usage", buf, sizeof buf) > 0)
+        if (file_read(cg, CGROUP_FILE_CPU, buf, sizeof buf) > 0)
                 s.cpu_usec = strtoull(buf, NULL, 10) / 1000;
 
         *ret = s;
@@ -1200,15 +1293,23 @@ static uint64_t sub_sat(uint64_t a, uint64_t b) {
 }
 
 int cgroup_get_stats(CGroup *cg, CGroupStats *ret) {
-        CGroupStats s;
+        CGroupStats now, s;
         int r;
 
-        r = get_stats_raw(cg, &s);
+        r = get_stats_raw(cg, &now);
         if (r < 0)
                 return r;
-        s.oom_kills = sub_sat(s.oom_kills, cg->base.oom_kills);
-        s.pids_max_events = sub_sat(s.pids_max_events, cg->base.pids_max_events);
-        s.cpu_usec = sub_sat(s.cpu_usec, cg->base.cpu_usec);
+        /* what we read now is the base of the next call: no second read when the group is
+         * used again (a slot's next run), as nothing happens in an empty group meanwhile */
+        r = reset_peak(cg);
+        if (r < 0)
+                return r;
+        s = now;
+        s.oom_kills = sub_sat(now.oom_kills, cg->base.oom_kills);
+        s.pids_max_events = sub_sat(now.pids_max_events, cg->base.pids_max_events);
+        s.cpu_usec = sub_sat(now.cpu_usec, cg->base.cpu_usec);
+        cg->base = now;
+        cg->base.memory_peak = 0;
         *ret = s;
         return 0;
 }

@@ -70,7 +70,8 @@ int cgroup_new(CGroupRoot *root, const char *name, const CGroupLimits *limits, C
  * still in it (processes of a crashed predecessor, of a run that outlived its clean-up) is
  * killed first, waiting at most timeout_usec (-EBUSY if it does not empty). The limits are
  * applied again, and the statistics count from here: cgroup_get_stats() reports what happened
- * since (the peak on v2 needs Linux 6.12; older kernels report the group's lifetime peak).
+ * since (the peak on v2 needs Linux 6.12; older kernels report the group's lifetime peak),
+ * and starts the count again for the group's next use.
  * cgroup_free() leaves the group in place; cgroup_trim() removes it. */
 int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *limits, uint64_t timeout_usec,
                      CGroup **ret);
@@ -96,6 +97,9 @@ int cgroup_kill(CGroup *cg);
 /* > 0 while tasks are in the group — zombies included (pids.current counts them until they
  * are reaped) — 0 when empty. */
 int cgroup_is_populated(CGroup *cg);
+/* What happened in the group since it was made or opened, or since the previous call: each
+ * call starts the counting afresh (the memory peak, too), so that a group used again — a
+ * slot's next run — reports only its own. */
 int cgroup_get_stats(CGroup *cg, CGroupStats *ret);
 /* Up to n of the processes in the group (for watching them exit); the number stored. */
 int cgroup_list_pids(CGroup *cg, pid_t *ret, size_t n);

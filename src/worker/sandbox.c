@@ -100,12 +100,15 @@ struct Sandbox {
         char *runtime_dir;
         char *bwrap;
         int runtime_fd;
-        int cache_fd; /* <cache_dir>/csharp, or -EBADF */
+        int cache_fd;    /* <cache_dir>/csharp, or -EBADF */
+        int children_fd; /* our /proc/self/task/<tid>/children, see reap_orphans() */
         CGroupRoot *cgroup_root;
         Runner *runners[_LANGUAGE_MAX];
         char **base_args; /* bwrap options common to every run */
         unsigned next_slot;
         uint8_t *slot_used; /* per slot: we made its cgroup, sandbox_free() removes it */
+        Stem *kept;         /* slots our own runs left clean, still ours (slot part only): see slot_keep() */
+        size_t n_kept, n_kept_allocated;
         Stem stem;                   /* for the next run, when .pid > 0 */
         sd_event_source *stem_event; /* prepares the stem when the loop is idle */
         char *stem_buf;              /* STEM_MSG_MAX bytes, and STEM_ARGC_MAX pointers, for the stem */
@@ -148,6 +151,8 @@ struct SandboxRun {
         char slot_name[32];
         char *workdir_path;
         Stem stem; /* from the sandbox, until the first phase starts it (.pid and the fds only) */
+        bool slot_clean; /* the last phase ended with its cgroup seen empty and its working
+                          * directory removed: the slot may be kept for our next run */
 
         /* C# build cache */
         bool use_cache;
@@ -376,15 +381,19 @@ static int kill_uid(uid_t uid) {
  * UID that no run tracks as its main process — so that nothing of a run lingers, not even in
  * the process table (pids.current counts zombies, too). */
 static void reap_orphans(Sandbox *sb) {
-        char path[64], buf[4096];
-        _cleanup_close_ int fd = -EBADF;
+        char buf[4096];
         ssize_t k;
 
-        snprintf(path, sizeof path, "/proc/self/task/%d/children", (int) getpid());
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return;
-        k = read(fd, buf, sizeof buf - 1);
+        /* several times a run: kept open, read anew from offset 0 */
+        if (sb->children_fd < 0) {
+                char path[64];
+
+                snprintf(path, sizeof path, "/proc/self/task/%d/children", (int) getpid());
+                sb->children_fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (sb->children_fd < 0)
+                        return;
+        }
+        k = pread(sb->children_fd, buf, sizeof buf - 1, 0);
         if (k <= 0)
                 return;
         buf[k] = '\0';
@@ -572,6 +581,49 @@ static int open_private_dir(const char *path, mode_t mode, char **ret_error) {
         return TAKE_FD(fd);
 }
 
+/* What crashed workers left in slots nobody holds now: a working directory (its tmpfs may
+ * hold up to SANDBOX_MEMORY_MAX of files), the slot's cgroup. Whoever takes such a slot
+ * cleans it up, but a sandbox keeps the slots it uses (slot_keep()) rather than coming round
+ * to every slot of the range in turn: so a starting sandbox (a worker restarted after a
+ * crash) sweeps the range once. Cheap where there is nothing: a stat or two per slot. */
+static void slots_sweep(Sandbox *sb) {
+        const char *cg_root = cgroup_root_path(sb->cgroup_root);
+        unsigned n = sandbox_slots(sb), swept = 0;
+
+        for (unsigned i = 0; i < n; i++) {
+                uid_t uid = sb->settings.uid_min + i;
+                char lock_name[48], slot_name[32], group[PATH_MAX];
+                _cleanup_free_ char *workdir = NULL;
+                _cleanup_close_ int fd = -EBADF;
+                struct stat st;
+                int k;
+
+                snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
+                snprintf(slot_name, sizeof slot_name, "slot-%u", (unsigned) uid);
+                snprintf(group, sizeof group, "%s/%s", strempty(cg_root), slot_name);
+                if (fstatat(sb->runtime_fd, slot_name, &st, AT_SYMLINK_NOFOLLOW) < 0 &&
+                    (!cg_root || access(group, F_OK) < 0))
+                        continue;
+
+                fd = openat(sb->runtime_fd, lock_name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+                if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+                        continue; /* in use: its holder's business */
+                if (asprintf(&workdir, "%s/%s", sb->runtime_dir, slot_name) < 0)
+                        return;
+                k = cgroup_trim(sb->cgroup_root, slot_name, TRIM_TIMEOUT_USEC);
+                if (k >= 0)
+                        k = kill_uid(uid);
+                if (k >= 0)
+                        k = workdir_trim(workdir);
+                if (k < 0)
+                        log_debug_errno(k, "Failed to clean up slot %u, left to whoever takes it: %m", (unsigned) uid);
+                else
+                        swept++;
+        }
+        if (swept > 0)
+                log_debug("Cleaned up what crashed workers left in %u sandbox slot(s).", swept);
+}
+
 /* The cgroups of the slots we used, as far as no one else is using the slot right now (the
  * slot range is shared by every worker of the host): nothing of ours stays behind. */
 static void slots_remove_cgroups(Sandbox *sb) {
@@ -605,6 +657,9 @@ Sandbox *sandbox_free(Sandbox *sb) {
         stem_discard(&sb->stem);
         free(sb->stem_buf);
         free(sb->stem_argv);
+        for (size_t i = 0; i < sb->n_kept; i++)
+                stem_discard(&sb->kept[i]);
+        sb->kept = mfree(sb->kept);
         slots_remove_cgroups(sb);
         free(sb->slot_used);
         for (Language l = 0; l < _LANGUAGE_MAX; l++)
@@ -613,6 +668,7 @@ Sandbox *sandbox_free(Sandbox *sb) {
         strv_free(sb->base_args);
         safe_close(sb->runtime_fd);
         safe_close(sb->cache_fd);
+        safe_close(sb->children_fd);
         free(sb->runtime_dir);
         free(sb->bwrap);
         return mfree(sb);
@@ -621,6 +677,7 @@ Sandbox *sandbox_free(Sandbox *sb) {
 int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         _cleanup_(sandbox_freep) Sandbox *sb = NULL;
         struct sigaction sa;
+        struct rlimit rl;
         size_t n = 0;
         unsigned version = 0;
         int r;
@@ -641,6 +698,13 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
                 (void) signal(SIGPIPE, SIG_IGN);
         if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
                 return error_set(ret_error, -errno, "Cannot become a child subreaper: %m");
+        /* About ten fds per slot held (its lock and cgroup files) and seven per run: the soft
+         * limit of 1024 (systemd's default, for select() users) would cap the concurrency.
+         * Nothing here uses select(); the programs get SANDBOX_OPEN_FILES_MAX of their own. */
+        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
 
         if (sodium_init() < 0)
                 return error_set(ret_error, -EIO, "libsodium failed to initialize");
@@ -648,7 +712,7 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         sb = calloc(1, sizeof *sb);
         if (!sb)
                 return -ENOMEM;
-        sb->runtime_fd = sb->cache_fd = -EBADF;
+        sb->runtime_fd = sb->cache_fd = sb->children_fd = -EBADF;
         sb->stem = STEM_NULL;
         sb->settings = *s;
         sb->settings.cgroup_root = sb->settings.runtime_dir = sb->settings.cache_dir = sb->settings.bwrap_path = NULL;
@@ -699,6 +763,8 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
                 sb->cache_fd = r;
         }
 
+        slots_sweep(sb);
+
         r = strv_pushv(&sb->base_args, &n, sb->bwrap,
                        "--unshare-all", "--unshare-user", "--unshare-cgroup",
                        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
@@ -748,10 +814,22 @@ static int slot_open_cgroup(Sandbox *sb, const char *slot_name, CGroup **ret) {
         return cgroup_open_slot(sb->cgroup_root, slot_name, &limits, TRIM_TIMEOUT_USEC, ret);
 }
 
-/* Takes a free slot and cleans up what a crashed predecessor left of it: fills the slot part
- * of ret. */
+/* Takes a free slot and fills the slot part of ret: one that our own last run in it left
+ * clean (see slot_keep()) as it is, else one from the range, cleaning up what a crashed
+ * predecessor may have left of it. */
 static int slot_acquire(Sandbox *sb, Stem *ret) {
         unsigned n = sandbox_slots(sb);
+
+        if (sb->n_kept > 0) {
+                Stem *k = &sb->kept[--sb->n_kept];
+
+                ret->uid = k->uid;
+                ret->lock_fd = TAKE_FD(k->lock_fd);
+                memcpy(ret->slot_name, k->slot_name, sizeof ret->slot_name);
+                ret->workdir_path = TAKE_PTR(k->workdir_path);
+                ret->cgroup = TAKE_PTR(k->cgroup);
+                return 0;
+        }
 
         for (unsigned i = 0; i < n; i++) {
                 unsigned idx = (sb->next_slot + i) % n;
@@ -811,8 +889,48 @@ static void slot_give(SandboxRun *r, Stem *s) {
         r->cgroup = TAKE_PTR(s->cgroup);
 }
 
+/* A slot whose run ended clean stays ours, lock and open cgroup, for our next run: it needs
+ * none of the clean-up of a slot taken from the range (kill_uid()'s fork, the leftover
+ * working directory, the cgroup emptied, its limits written, its counters read). Nothing of
+ * the run is left in it:
+ *  - processes: every process of the slot's UID is made inside the slot's cgroup (the child
+ *    joins it while still root, before it takes the UID) and cannot leave it (the cgroup
+ *    files are root's, and not in the sandbox); phase_settle() saw the group empty, zombies
+ *    included (pids.current);
+ *  - files: the working directory (its tmpfs) is unmounted and removed; /tmp, /dev/shm, IPC
+ *    objects and the rest went with bubblewrap's namespaces;
+ *  - statistics: cgroup_get_stats() at the end of the run started the counting afresh.
+ * A slot whose run did not end so (settle timeout, failure, freed while running) goes back
+ * to the range, and whoever takes it next cleans it up in full. */
+static int slot_keep(SandboxRun *r) {
+        Sandbox *sb = r->sandbox;
+        Stem *k;
+
+        if (!sb || !r->slot_clean || r->error != 0 || !r->cgroup || r->lock_fd < 0 || !r->workdir_path)
+                return -ESTALE;
+        if (sb->n_kept == sb->n_kept_allocated) {
+                size_t m = MAX(sb->n_kept_allocated * 2, (size_t) 4);
+                Stem *p = realloc(sb->kept, m * sizeof *p);
+
+                if (!p)
+                        return -ENOMEM;
+                sb->kept = p;
+                sb->n_kept_allocated = m;
+        }
+        k = &sb->kept[sb->n_kept++];
+        *k = STEM_NULL;
+        k->uid = r->uid;
+        k->lock_fd = TAKE_FD(r->lock_fd);
+        memcpy(k->slot_name, r->slot_name, sizeof k->slot_name);
+        k->workdir_path = TAKE_PTR(r->workdir_path);
+        k->cgroup = TAKE_PTR(r->cgroup);
+        return 0;
+}
+
 static void slot_release(SandboxRun *r) {
         stem_discard(&r->stem); /* a stem that was not used */
+        if (slot_keep(r) >= 0)
+                return;
         r->cgroup = cgroup_free(r->cgroup); /* closes it; the group stays, empty */
         /* closing the fd drops the flock */
         r->lock_fd = safe_close(r->lock_fd);
@@ -1491,7 +1609,7 @@ int sandbox_run_kill(SandboxRun *r, SandboxEnd reason) {
 /* phases: BUILD (C#, on a cache miss) then RUN; each with its own working directory, cgroup
  * and processes, under the same deadlines */
 
-static void phase_end(SandboxRun *r);
+static void phase_end(SandboxRun *r, bool settled);
 
 /* Synchronous teardown of whatever the current phase has (errors, sandbox_run_free()). */
 static void phase_cleanup_sync(SandboxRun *r) {
@@ -1596,7 +1714,7 @@ static void phase_settle(SandboxRun *r, bool tick) {
                 }
         }
         if (outputs_done && populated == 0) {
-                phase_end(r);
+                phase_end(r, /* settled= */ true);
                 return;
         }
         if (now_mono() - r->settle_start > SETTLE_TIMEOUT_USEC) {
@@ -1604,7 +1722,7 @@ static void phase_settle(SandboxRun *r, bool tick) {
                             (unsigned) r->uid, (unsigned) (SETTLE_TIMEOUT_USEC / USEC_PER_SEC));
                 output_close(&r->out[0]);
                 output_close(&r->out[1]);
-                phase_end(r);
+                phase_end(r, /* settled= */ false);
                 return;
         }
         if (populated > 0) {
@@ -1684,13 +1802,9 @@ static int on_child(sd_event_source *s, int fd, uint32_t revents, void *userdata
         /* Nothing of the run outlives its main process: bubblewrap's PID namespace goes down
          * with it anyway (the kernel kills what is left in it when its PID 1 exits), this makes
          * sure. What is typically left is that PID 1, reparented to us and exiting or a zombie:
-         * reaped first, a zombie does not count; one still exiting is killed through the cgroup
-         * and phase_settle() goes on until the group is empty (with kill_uid() if something is
-         * still there a tick later, not here: that fork would be for nothing in nearly every
-         * run). */
-        reap_orphans(r->sandbox);
-        if (r->cgroup && cgroup_is_populated(r->cgroup) > 0)
-                (void) cgroup_kill(r->cgroup);
+         * phase_settle() reaps it first (a zombie does not count), kills what is still in the
+         * cgroup and goes on until the group is empty (with kill_uid() if something is still
+         * there a tick later, not at once: that fork would be for nothing in nearly every run). */
         r->settle_start = now_mono();
         phase_settle(r, false);
         return 0;
@@ -1908,6 +2022,7 @@ static int phase_begin(SandboxRun *r, RunPhase phase) {
         int k;
 
         r->phase = phase;
+        r->slot_clean = false;
         r->pid = 0;
         r->sandbox_ready = false;
         r->child_exited = false;
@@ -1921,7 +2036,8 @@ static int phase_begin(SandboxRun *r, RunPhase phase) {
                 goto fail;
         }
 
-        /* the first phase has it from slot_acquire() */
+        /* the first phase has it from slot_acquire(), the second from the first if that ended
+         * clean (counting afresh, see phase_end()) */
         k = r->cgroup ? 0 : slot_open_cgroup(sb, r->slot_name, &r->cgroup);
         if (k < 0) {
                 run_set_error(r, k, "Failed to set up the cgroup %s of the run: %m", r->slot_name);
@@ -1945,10 +2061,11 @@ static void output_reset(Output *o) {
         o->size = o->allocated = 0;
 }
 
-static void phase_end(SandboxRun *r) {
+/* settled: the cgroup was seen empty (else phase_settle() gave up on it). */
+static void phase_end(SandboxRun *r, bool settled) {
         RunPhase phase = r->phase;
         CGroupStats st;
-        bool build_ok = false;
+        bool build_ok = false, clean = settled;
         int k;
 
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);
@@ -1970,12 +2087,17 @@ static void phase_end(SandboxRun *r) {
                         r->stats.pids_max_events += st.pids_max_events;
                         r->stats.memory_peak = MAX(r->stats.memory_peak, st.memory_peak);
                         r->stats.cpu_usec += st.cpu_usec;
-                } else
+                } else {
                         log_warning_errno(k, "Failed to read the statistics of cgroup %s: %m", cgroup_path(r->cgroup));
+                        clean = false;
+                }
 
-                /* empty now (phase_settle()); kept for the slot's next run */
-                r->cgroup = cgroup_free(r->cgroup);
-        }
+                /* Empty now, unless the settle gave up: then closed, and the next phase or the
+                 * slot's next user opens it again, which empties it first. Else kept open. */
+                if (!clean)
+                        r->cgroup = cgroup_free(r->cgroup);
+        } else
+                clean = false;
 
         if (phase == PHASE_BUILD && !r->killing && r->error == 0) {
                 if (r->child_status.si_code == CLD_EXITED && r->child_status.si_status == 0 &&
@@ -2014,8 +2136,11 @@ static void phase_end(SandboxRun *r) {
         }
 
         k = workdir_destroy(&r->workdir);
-        if (k < 0)
+        if (k < 0) {
                 log_warning_errno(k, "Failed to remove working directory %s (left for later): %m", r->workdir_path);
+                clean = false;
+        }
+        r->slot_clean = clean;
         r->pid = 0;
         r->phase = PHASE_NONE;
 

@@ -17,24 +17,31 @@
  * program; the slot's cgroup with memory (no swap), pids and CPU limits — kept from run to
  * run, checked empty (anything left in it killed) and its statistics counted afresh for each
  * run; rlimits; bubblewrap with every namespace unshared, a read-only /usr, no host /etc beyond
- * what the runtime needs. Stdout and stderr are read concurrently, each up to output_max; stdin
- * is written from the loop. At the TTL deadline, at the max run time, on output overflow or on
- * sandbox_run_kill() the whole cgroup is killed at once. The callback runs only after every
- * process of the run is gone, the cgroup empty and the working directory removed.
- * sandbox_free() removes the cgroups of the slots it used (those no other process holds).
+ * what the runtime needs. A slot whose run ended clean (its cgroup seen empty, its working
+ * directory removed) stays locked by the sandbox for its next run, which takes it as it is;
+ * any other slot goes back to the range, and is cleaned up in full (kill_uid, working
+ * directory, cgroup) by whoever takes it next. Stdout and stderr are read concurrently, each
+ * up to output_max; stdin is written from the loop. At the TTL deadline, at the max run time,
+ * on output overflow or on sandbox_run_kill() the whole cgroup is killed at once. The callback
+ * runs only after every process of the run is gone, the cgroup empty and the working directory
+ * removed.
+ * sandbox_free() gives the slots back and removes the cgroups of the slots it used (those no
+ * other process holds).
  *
  * The next run is prepared while the loop is idle (typically while the current run goes on):
- * a slot is taken and cleaned up and a child forked into its cgroup, where it waits to become
- * the next run's bubblewrap. So one slot of the range stays taken by each idle sandbox, and
- * the process has one more child (root, in that slot's cgroup, holding nothing of any run).
+ * a slot is taken and a child forked into its cgroup, where it waits to become the next run's
+ * bubblewrap. So a sandbox holds as many slots as it had runs at once at its busiest, plus
+ * one (two for one run at a time: the slots alternate), and the process has one more child
+ * (root, in the prepared slot's cgroup, holding nothing of any run).
  *
  * Process requirements and side effects of sandbox_new(): runs as root; SIGCHLD must not be
  * SIG_IGN (children are reaped through pidfds, so SIGCHLD need not be blocked); SIGPIPE is
  * set to SIG_IGN if it is still SIG_DFL (stdin of a program that exits early); the process
  * becomes a child subreaper (PR_SET_CHILD_SUBREAPER), so that processes orphaned by a kill
  * are reparented to it — the sandbox reaps those zombies whose UID is in the slot range, and
- * nothing else. On cgroup v2 with the default cgroup root, every process of the worker's
- * cgroup is moved to <own cgroup>/supervisor. */
+ * nothing else; the soft RLIMIT_NOFILE is raised to the hard one. On cgroup v2 with the
+ * default cgroup root, every process of the worker's cgroup is moved to <own
+ * cgroup>/supervisor. */
 
 typedef struct Config Config; /* src/shared/config.h */
 
@@ -135,8 +142,9 @@ typedef struct SandboxRun SandboxRun;
 typedef void (*SandboxDoneCallback)(SandboxRun *run, SandboxResult *result, void *userdata);
 
 /* Checks everything that can be checked up front (root, bwrap, toolchains, UID range not
- * used by any account, cgroup controllers) and sets up the cgroup root, runtime and cache
- * directories. *ret_error explains a failure for the operator. */
+ * used by any account, cgroup controllers), sets up the cgroup root, runtime and cache
+ * directories, and cleans up what crashed workers left in the free slots of the range.
+ * *ret_error explains a failure for the operator. */
 int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error);
 /* Runs still alive are killed and freed (without their callbacks). */
 Sandbox *sandbox_free(Sandbox *sb);

@@ -195,6 +195,51 @@ static void test_kill_whole_tree(void **state) {
         assert_gone(cg, dir);
 }
 
+/* On v1 every hierarchy has a group of its own: a process in the group of any one of them is
+ * found and killed (also where our own cgroup in that hierarchy is the root, whose path is "/"). */
+static void test_kill_in_each_hierarchy(void **state) {
+        static const char *const controllers[] = { "memory", "pids", "cpu" };
+        _cleanup_(cgroup_freep) CGroup *cg = NULL;
+        CGroupLimits l = { .memory_max = 64 * 1024 * 1024, .pids_max = 16, .cpu_quota_percent = 100 };
+
+        assert_int_equal(cgroup_new(root, name, &l, &cg), 0);
+        for (size_t i = 0; i < ELEMENTSOF(controllers); i++) {
+                char path[1200];
+                int p[2], status = 0;
+                pid_t pid;
+                char c;
+                uint64_t t0;
+
+                snprintf(path, sizeof path, "%s/cgroup.procs", cgroup_controller_path(cg, controllers[i]));
+                assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+                pid = fork();
+                assert_true(pid >= 0);
+                if (pid == 0) {
+                        int fd = open(path, O_WRONLY | O_CLOEXEC);
+                        if (fd < 0 || write(fd, "0", 1) != 1)
+                                _exit(1);
+                        (void) !write(p[1], "x", 1);
+                        for (;;)
+                                pause();
+                }
+                close(p[1]);
+                assert_int_equal(read(p[0], &c, 1), 1);
+                close(p[0]);
+
+                assert_true(cgroup_kill(cg) >= 0);
+                t0 = now_us();
+                while (waitpid(pid, &status, WNOHANG) == 0 && now_us() - t0 < 2 * USEC_PER_SEC)
+                        usleep(5000);
+                if (!WIFSIGNALED(status)) {
+                        (void) kill(pid, SIGKILL);
+                        (void) waitpid(pid, NULL, 0);
+                        fail_msg("a process in the %s group only was not killed", controllers[i]);
+                }
+                assert_int_equal(WTERMSIG(status), SIGKILL);
+        }
+        assert_int_equal(cgroup_remove(cg), 0);
+}
+
 static void test_pids_limit_counted(void **state) {
         _cleanup_(cgroup_freep) CGroup *cg = NULL;
         CGroupLimits l = { .memory_max = 64 * 1024 * 1024, .pids_max = 4, .cpu_quota_percent = 100 };
@@ -407,6 +452,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup(test_limits_applied, trim),
                 cmocka_unit_test_setup(test_kill_whole_tree, trim),
+                cmocka_unit_test_setup(test_kill_in_each_hierarchy, trim),
                 cmocka_unit_test_setup(test_pids_limit_counted, trim),
                 cmocka_unit_test_setup(test_trim_stale, trim),
                 cmocka_unit_test_setup(test_bad_names, trim),

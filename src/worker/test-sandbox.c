@@ -12,10 +12,14 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
+#include <grp.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include <json-c/json.h>
@@ -700,10 +704,10 @@ static void test_verdicts_per_run(void **state) {
  * run, and the run is not disturbed by it. */
 static void test_slot_cgroup_leftover(void **state) {
         _cleanup_(sandbox_freep) Sandbox *one = NULL;
-        _cleanup_free_ char *error = NULL;
+        _cleanup_free_ char *error = NULL, *root = NULL;
         SandboxSettings s;
         SandboxResult res = {};
-        char path[512], pidbuf[32];
+        char dir[512], path[600], pidbuf[32];
         int status, p[2];
         pid_t pid;
 
@@ -711,14 +715,20 @@ static void test_slot_cgroup_leftover(void **state) {
         s.uid_min = s.uid_max = TEST_UID_SINGLE + 2;
         if (sandbox_new(&s, &one, &error) < 0)
                 fail_msg("%s", strna(error));
+        root = strdup(sandbox_cgroup_root(one));
+        assert_non_null(root);
 
-        /* a first run makes the slot's group */
+        /* a first run, then the sandbox goes: the slot is free again, its group removed */
         run_full(one, LANGUAGE_PYTHON, "print(1, end='')\n", NULL, 0, 0, &res);
         assert_verdict(&res, SANDBOX_VERDICT_OK);
         sandbox_result_done(&res);
+        one = sandbox_free(one);
 
-        /* a process of someone else's UID in it, as a crashed worker's run would leave */
-        snprintf(path, sizeof path, "%s/slot-%u/cgroup.procs", sandbox_cgroup_root(one), (unsigned) s.uid_min);
+        /* the group with a process of someone else's UID in it, as a crashed worker's run would
+         * leave it */
+        snprintf(dir, sizeof dir, "%s/slot-%u", root, (unsigned) s.uid_min);
+        assert_int_equal(mkdir(dir, 0755), 0);
+        snprintf(path, sizeof path, "%s/cgroup.procs", dir);
         assert_int_equal(pipe2(p, O_CLOEXEC), 0);
         pid = fork();
         assert_true(pid >= 0);
@@ -734,6 +744,8 @@ static void test_slot_cgroup_leftover(void **state) {
         assert_int_equal(read(p[0], pidbuf, 1), 1);
         close(p[0]);
 
+        if (sandbox_new(&s, &one, &error) < 0)
+                fail_msg("%s", strna(error));
         run_full(one, LANGUAGE_PYTHON, "print(2, end='')\n", NULL, 0, 0, &res);
         assert_verdict(&res, SANDBOX_VERDICT_OK);
         assert_string_equal(res.stdout_data, "2");
@@ -741,6 +753,88 @@ static void test_slot_cgroup_leftover(void **state) {
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
         assert_string_equal(read_str(path), "");
+}
+
+/* Is the slot's lock held (by us: the slot is kept for our next run)? */
+static bool slot_locked(uid_t uid) {
+        char path[128];
+        _cleanup_close_ int fd = -EBADF;
+
+        snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u.lock", (unsigned) uid);
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        assert_true(fd >= 0);
+        if (flock(fd, LOCK_EX | LOCK_NB) >= 0)
+                return false;
+        assert_int_equal(errno, EWOULDBLOCK);
+        return true;
+}
+
+/* A slot that a run left clean stays ours and is used again as it is, without the clean-up of
+ * a slot from the range: nothing of the first run is in it for the second. The first leaves a
+ * daemon (double fork, setsid, SIGTERM ignored) and files in its working directory, $HOME and
+ * /tmp; it is gone, and the second sees none of them. */
+static void test_slot_reused(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *one = NULL;
+        _cleanup_free_ char *error = NULL;
+        SandboxSettings s;
+        SandboxResult res = {};
+        char dir[512];
+        uid_t uid;
+
+        /* a single slot: the second run can only have it from us */
+        test_settings(&s);
+        s.uid_min = s.uid_max = TEST_UID_SINGLE + 6;
+        if (sandbox_new(&s, &one, &error) < 0)
+                fail_msg("%s", strna(error));
+
+        run_full(one, LANGUAGE_PYTHON,
+                 "import os, signal, time\n"
+                 "for p in ['/work/left', '/tmp/left', os.path.expanduser('~/.left')]:\n"
+                 "    open(p, 'w').write('x')\n"
+                 "if os.fork() == 0:\n"
+                 "    os.setsid()\n"
+                 "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                 "    if os.fork() == 0:\n"
+                 /* detached from our outputs, and with memory to free: it takes the kernel a
+                  * while to tear it down, which the run's end must wait for */
+                 "        null = os.open('/dev/null', os.O_RDWR)\n"
+                 "        for fd in range(3):\n"
+                 "            os.dup2(null, fd)\n"
+                 "        ballast = b'x' * (150 << 20)\n"
+                 "        open('/work/daemon', 'w').write('x')\n"
+                 "        while True:\n"
+                 "            time.sleep(1)\n"
+                 "    os._exit(0)\n"
+                 "while not os.path.exists('/work/daemon'):\n"
+                 "    time.sleep(0.01)\n"
+                 "print(sorted(os.listdir('/work')), end='')\n",
+                 NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_string_equal(res.stdout_data, "['.left', 'daemon', 'left', 'main.py']");
+        uid = res.uid;
+        assert_clean(&res);
+        sandbox_result_done(&res);
+        assert_true(slot_locked(uid));
+
+        run_full(one, LANGUAGE_PYTHON,
+                 "import os\n"
+                 "print(sorted(os.listdir('/work')), sorted(os.listdir('/tmp')),"
+                 " sorted(p for p in os.listdir('/proc') if p.isdigit()), end='')\n",
+                 NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_int_equal(res.uid, uid);
+        /* bubblewrap's init and the program */
+        assert_string_equal(res.stdout_data, "['main.py'] [] ['1', '2']");
+        assert_clean(&res);
+        sandbox_result_done(&res);
+
+        /* and sandbox_free() gives it back, its group removed */
+        snprintf(dir, sizeof dir, "%s/slot-%u", sandbox_cgroup_root(one), (unsigned) uid);
+        assert_int_equal(access(dir, F_OK), 0);
+        one = sandbox_free(one);
+        assert_false(slot_locked(uid));
+        assert_int_equal(access(dir, F_OK), -1);
+        assert_int_equal(processes_of(uid), 0);
 }
 
 /* The next run's child is prepared while a run goes on (a root process waiting in a free
@@ -1130,6 +1224,165 @@ static void test_free_running(void **state) {
         snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u", (unsigned) uid);
         assert_int_equal(access(path, F_OK), -1);
         assert_slot_cgroup_empty(uid);
+}
+
+/* What a crashed worker left in a free slot of the range — its working directory, a tmpfs
+ * with a file on it, and the slot's cgroup with a process in it — is cleaned up when a sandbox
+ * starts, also in a slot it would not use: it keeps the slots it uses rather than coming round
+ * to every slot of the range. */
+static void test_slot_sweep(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *two = NULL;
+        _cleanup_free_ char *error = NULL, *root = NULL;
+        SandboxSettings s;
+        char dir[512], path[600], workdir[128], pidbuf[32];
+        int status, p[2];
+        uid_t uid;
+        pid_t pid;
+
+        test_settings(&s);
+        s.uid_min = TEST_UID_SINGLE + 8;
+        s.uid_max = TEST_UID_SINGLE + 9;
+        uid = s.uid_max;
+        if (sandbox_new(&s, &two, &error) < 0)
+                fail_msg("%s", strna(error));
+        root = strdup(sandbox_cgroup_root(two));
+        assert_non_null(root);
+        two = sandbox_free(two);
+
+        snprintf(workdir, sizeof workdir, RUNTIME_DIR "/slot-%u", (unsigned) uid);
+        assert_int_equal(mkdir(workdir, 0700), 0);
+        assert_int_equal(mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m"), 0);
+        snprintf(path, sizeof path, "%s/left", workdir);
+        assert_int_equal(write_str(path, "x", 0600), 0);
+
+        snprintf(dir, sizeof dir, "%s/slot-%u", root, (unsigned) uid);
+        assert_int_equal(mkdir(dir, 0755), 0);
+        snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                snprintf(pidbuf, sizeof pidbuf, "%d", (int) getpid());
+                if (write_str(path, pidbuf, 0644) < 0)
+                        _exit(1);
+                (void) !write(p[1], "x", 1);
+                for (;;)
+                        pause();
+        }
+        close(p[1]);
+        assert_int_equal(read(p[0], pidbuf, 1), 1);
+        close(p[0]);
+
+        if (sandbox_new(&s, &two, &error) < 0)
+                fail_msg("%s", strna(error));
+        if (waitpid(pid, &status, WNOHANG) != pid) {
+                (void) kill(pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                fail_msg("the process in the leftover cgroup was not killed");
+        }
+        assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+        assert_int_equal(access(dir, F_OK), -1);
+        assert_int_equal(access(workdir, F_OK), -1);
+        assert_false(slot_locked(uid));
+}
+
+typedef struct Planted {
+        uid_t uid;
+        bool mounted;
+} Planted;
+
+static int on_plant_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Planted *p = userdata;
+        char path[128];
+
+        /* once the program runs: something over its working directory that the run's clean-up
+         * cannot remove (the program itself could not mount anything there) */
+        snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u/started", (unsigned) p->uid);
+        if (access(path, F_OK) < 0) {
+                assert_int_equal(sd_event_source_set_time_relative(s, 5 * MSEC), 0);
+                assert_int_equal(sd_event_source_set_enabled(s, SD_EVENT_ONESHOT), 0);
+                return 0;
+        }
+        snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u", (unsigned) p->uid);
+        assert_int_equal(mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m"), 0);
+        p->mounted = true;
+        return 0;
+}
+
+/* A slot whose run did not end clean is not kept: it goes back to the range, and is cleaned up
+ * in full before its next run — here its working directory could not be removed, and a
+ * process of its UID is around (as only a full clean-up would find). */
+static void test_slot_unclean_not_kept(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *one = NULL;
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        _cleanup_(sd_event_source_unrefp) sd_event_source *t = NULL;
+        _cleanup_free_ char *error = NULL;
+        static const char code[] = "import time\nopen('started', 'w')\ntime.sleep(0.5)\nprint(1, end='')\n";
+        SandboxRequest req = {
+                .language = LANGUAGE_PYTHON,
+                .code = code,
+                .code_size = strlen(code),
+                .ttl_deadline = USEC_INFINITY,
+        };
+        SandboxSettings s;
+        SandboxResult res = {};
+        AsyncRun a = {};
+        Planted planted = {};
+        _cleanup_close_ int pidfd = -EBADF;
+        int p[2], exited;
+        char c, path[128];
+        pid_t pid;
+
+        test_settings(&s);
+        s.uid_min = s.uid_max = TEST_UID_SINGLE + 7;
+        if (sandbox_new(&s, &one, &error) < 0)
+                fail_msg("%s", strna(error));
+        planted.uid = s.uid_min;
+
+        assert_int_equal(sd_event_new(&e), 0);
+        assert_int_equal(sandbox_start(one, e, &req, on_async_done, &a, &a.run), 0);
+        assert_int_equal(sd_event_add_time_relative(e, &t, CLOCK_MONOTONIC, 5 * MSEC, 1, on_plant_timer, &planted), 0);
+        while (!a.done)
+                assert_true(sd_event_run(e, UINT64_MAX) >= 0);
+        assert_true(planted.mounted);
+        assert_verdict(&a.result, SANDBOX_VERDICT_OK);
+        snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u", (unsigned) planted.uid);
+        assert_int_equal(access(path, F_OK), 0); /* left behind */
+        sandbox_result_done(&a.result);
+        a.run = sandbox_run_free(a.run);
+        assert_false(slot_locked(planted.uid));
+
+        /* a process of the slot's UID, outside its cgroup */
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                if (setgroups(0, NULL) < 0 || setresgid(planted.uid, planted.uid, planted.uid) < 0 ||
+                    setresuid(planted.uid, planted.uid, planted.uid) < 0)
+                        _exit(1);
+                (void) !write(p[1], "x", 1);
+                for (;;)
+                        pause();
+        }
+        close(p[1]);
+        assert_int_equal(read(p[0], &c, 1), 1);
+        close(p[0]);
+        /* the sandbox reaps it when it dies (a child of ours with a slot UID): watch its pidfd */
+        pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
+        assert_true(pidfd >= 0);
+
+        run_full(one, LANGUAGE_PYTHON, "import os\nprint(sorted(os.listdir('/work')), end='')\n", NULL, 0, 0, &res);
+        exited = poll(&(struct pollfd) { .fd = pidfd, .events = POLLIN }, 1, 0);
+        if (exited != 1) {
+                (void) kill(pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+        }
+        assert_int_equal(exited, 1);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_int_equal(res.uid, planted.uid);
+        assert_string_equal(res.stdout_data, "['main.py']");
+        assert_clean(&res);
+        sandbox_result_done(&res);
 }
 
 typedef struct Victims {
@@ -1543,6 +1796,9 @@ int main(void) {
                 cmocka_unit_test(test_nothing_survives),
                 cmocka_unit_test(test_verdicts_per_run),
                 cmocka_unit_test(test_slot_cgroup_leftover),
+                cmocka_unit_test(test_slot_reused),
+                cmocka_unit_test(test_slot_unclean_not_kept),
+                cmocka_unit_test(test_slot_sweep),
                 cmocka_unit_test(test_prepared_child),
                 cmocka_unit_test(test_py_no_fds_leaked),
                 cmocka_unit_test(test_bwrap_setup_failure),

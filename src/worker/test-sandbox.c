@@ -66,6 +66,30 @@ static int write_str(const char *path, const char *s, mode_t mode) {
         return write(fd, s, strlen(s)) == (ssize_t) strlen(s) ? 0 : -EIO;
 }
 
+/* A process (of our UID) that moves itself into the cgroup whose cgroup.procs is procs_path
+ * and waits there, as a crashed worker's run would leave it. */
+static pid_t plant_in_cgroup(const char *procs_path) {
+        char pidbuf[16], c;
+        int p[2];
+        pid_t pid;
+
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                snprintf(pidbuf, sizeof pidbuf, "%d", (int) getpid());
+                if (write_str(procs_path, pidbuf, 0644) < 0)
+                        _exit(1);
+                (void) !write(p[1], "x", 1);
+                for (;;)
+                        pause();
+        }
+        close(p[1]);
+        assert_int_equal(read(p[0], &c, 1), 1);
+        close(p[0]);
+        return pid;
+}
+
 static char *read_str(const char *path) {
         static char buf[4096];
         _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -707,8 +731,8 @@ static void test_slot_cgroup_leftover(void **state) {
         _cleanup_free_ char *error = NULL, *root = NULL;
         SandboxSettings s;
         SandboxResult res = {};
-        char dir[512], path[600], pidbuf[32];
-        int status, p[2];
+        char dir[512], path[600];
+        int status;
         pid_t pid;
 
         test_settings(&s);
@@ -729,20 +753,7 @@ static void test_slot_cgroup_leftover(void **state) {
         snprintf(dir, sizeof dir, "%s/slot-%u", root, (unsigned) s.uid_min);
         assert_int_equal(mkdir(dir, 0755), 0);
         snprintf(path, sizeof path, "%s/cgroup.procs", dir);
-        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-        pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-                snprintf(pidbuf, sizeof pidbuf, "%d", (int) getpid());
-                if (write_str(path, pidbuf, 0644) < 0)
-                        _exit(1);
-                (void) !write(p[1], "x", 1);
-                for (;;)
-                        pause();
-        }
-        close(p[1]);
-        assert_int_equal(read(p[0], pidbuf, 1), 1);
-        close(p[0]);
+        pid = plant_in_cgroup(path);
 
         if (sandbox_new(&s, &one, &error) < 0)
                 fail_msg("%s", strna(error));
@@ -1234,8 +1245,8 @@ static void test_slot_sweep(void **state) {
         _cleanup_(sandbox_freep) Sandbox *two = NULL;
         _cleanup_free_ char *error = NULL, *root = NULL;
         SandboxSettings s;
-        char dir[512], path[600], workdir[128], pidbuf[32];
-        int status, p[2];
+        char dir[512], path[600], workdir[128];
+        int status;
         uid_t uid;
         pid_t pid;
 
@@ -1258,20 +1269,7 @@ static void test_slot_sweep(void **state) {
         snprintf(dir, sizeof dir, "%s/slot-%u", root, (unsigned) uid);
         assert_int_equal(mkdir(dir, 0755), 0);
         snprintf(path, sizeof path, "%s/cgroup.procs", dir);
-        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-        pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-                snprintf(pidbuf, sizeof pidbuf, "%d", (int) getpid());
-                if (write_str(path, pidbuf, 0644) < 0)
-                        _exit(1);
-                (void) !write(p[1], "x", 1);
-                for (;;)
-                        pause();
-        }
-        close(p[1]);
-        assert_int_equal(read(p[0], pidbuf, 1), 1);
-        close(p[0]);
+        pid = plant_in_cgroup(path);
 
         if (sandbox_new(&s, &two, &error) < 0)
                 fail_msg("%s", strna(error));

@@ -13,10 +13,12 @@ import uuid
 
 from test_api_lib import check, finish, http, key_id, make_key, sql, sql_value, KEY
 
-BACKLOG = 10000
-# a by-id statement reads some tens of buffers (the row, its indexes, the attempt row); one
-# that walks the backlog reads at least one per waiting task
-MAX_BUFFERS_PER_CALL = 400
+BACKLOG = 20000
+# A by-id statement reads some tens of buffers (the row, its indexes, the attempt row), and up
+# to several hundred more as the first statement of a new database session (the catalogs:
+# dtask-api's pool opens sessions as load comes). One that walks the backlog reads the heap
+# page of every waiting task: the rows are padded to ~1.5 kB, five to a page, so ~4000.
+MAX_BUFFERS_PER_CALL = 2000
 
 ME = key_id(KEY)
 NAME = f"test-api-backlog {uuid.uuid4()}"
@@ -45,8 +47,8 @@ def main():
     # stamped now, so that neither real workers nor the reaper take them
     sql("ANALYZE tasks")
     sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, ttl, expires_at, published_at)
-            SELECT gen_random_uuid(), '{NAME}', 'print(1)', 1, '{ME}', interval '1 hour',
-                   now() + interval '1 hour', now() FROM generate_series(1, {BACKLOG})""")
+            SELECT gen_random_uuid(), '{NAME}', E'print(1)\\n# ' || repeat(md5(i::text), 45), 1, '{ME}',
+                   interval '1 hour', now() + interval '1 hour', now() FROM generate_series(1, {BACKLOG}) i""")
     ids = [r[0] for r in sql(f"SELECT id FROM tasks WHERE name = '{NAME}' LIMIT 3")]
     live = int(sql_value("SELECT count(*) FROM tasks WHERE status IN (0, 1)"))
     check(live >= BACKLOG, f"a backlog of {live} live tasks")

@@ -943,6 +943,18 @@ static int reset_peak(CGroup *cg) {
         return pwrite(fd, "0", 1, 0) == 1 ? 0 : -errno;
 }
 
+/* Counting starts afresh: now (the counters as just read) is the base of the next
+ * cgroup_get_stats(), and the peak is reset. */
+static int count_afresh(CGroup *cg, const CGroupStats *now) {
+        int r = reset_peak(cg);
+
+        if (r < 0)
+                return r;
+        cg->base = *now;
+        cg->base.memory_peak = 0;
+        return 0;
+}
+
 /* Kills what is in the group until it is empty; -EBUSY after timeout_usec. */
 static int wait_empty(CGroup *cg, uint64_t timeout_usec) {
         usec_t start = 0, now;
@@ -965,6 +977,7 @@ static int wait_empty(CGroup *cg, uint64_t timeout_usec) {
 int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *limits, uint64_t timeout_usec,
                      CGroup **ret) {
         _cleanup_(cgroup_freep) CGroup *cg = NULL;
+        CGroupStats now;
         int r;
 
         if (!name_is_valid(name) || !limits_are_valid(limits))
@@ -991,15 +1004,12 @@ int cgroup_open_slot(CGroupRoot *root, const char *name, const CGroupLimits *lim
         if (r < 0)
                 return r;
 
-        r = reset_peak(cg);
-        if (r < 0)
-                return r;
-
         /* counters are cumulative over the group's life: the run's are the difference */
-        r = get_stats_raw(cg, &cg->base);
+        r = get_stats_raw(cg, &now);
+        if (r >= 0)
+                r = count_afresh(cg, &now);
         if (r < 0)
                 return r;
-        cg->base.memory_peak = 0;
 
         r = open_procs_fds(cg);
         if (r < 0)
@@ -1299,17 +1309,15 @@ int cgroup_get_stats(CGroup *cg, CGroupStats *ret) {
         r = get_stats_raw(cg, &now);
         if (r < 0)
                 return r;
-        /* what we read now is the base of the next call: no second read when the group is
-         * used again (a slot's next run), as nothing happens in an empty group meanwhile */
-        r = reset_peak(cg);
-        if (r < 0)
-                return r;
         s = now;
         s.oom_kills = sub_sat(now.oom_kills, cg->base.oom_kills);
         s.pids_max_events = sub_sat(now.pids_max_events, cg->base.pids_max_events);
         s.cpu_usec = sub_sat(now.cpu_usec, cg->base.cpu_usec);
-        cg->base = now;
-        cg->base.memory_peak = 0;
+        /* what we read now is the base of the next call: no second read when the group is
+         * used again (a slot's next run), as nothing happens in an empty group meanwhile */
+        r = count_afresh(cg, &now);
+        if (r < 0)
+                return r;
         *ret = s;
         return 0;
 }

@@ -581,6 +581,24 @@ static int open_private_dir(const char *path, mode_t mode, char **ret_error) {
         return TAKE_FD(fd);
 }
 
+/* Takes the lock of slot uid (a file in the runtime directory, made when create is set) and
+ * names the slot: the lock's fd, -EWOULDBLOCK while another process holds it, or another
+ * error. The slot range is shared by every worker of the host. */
+static int slot_lock(Sandbox *sb, uid_t uid, bool create, char slot_name[static 32]) {
+        _cleanup_close_ int fd = -EBADF;
+        char lock_name[48];
+
+        snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
+        snprintf(slot_name, 32, "slot-%u", (unsigned) uid);
+        fd = openat(sb->runtime_fd, lock_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | (create ? O_CREAT : 0),
+                    0600);
+        if (fd < 0)
+                return -errno;
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+                return errno == EWOULDBLOCK ? -EWOULDBLOCK : -errno;
+        return TAKE_FD(fd);
+}
+
 /* What crashed workers left in slots nobody holds now: a working directory (its tmpfs may
  * hold up to SANDBOX_MEMORY_MAX of files), the slot's cgroup. Whoever takes such a slot
  * cleans it up, but a sandbox keeps the slots it uses (slot_keep()) rather than coming round
@@ -592,21 +610,20 @@ static void slots_sweep(Sandbox *sb) {
 
         for (unsigned i = 0; i < n; i++) {
                 uid_t uid = sb->settings.uid_min + i;
-                char lock_name[48], slot_name[32], group[PATH_MAX];
+                char slot_name[32], group[PATH_MAX];
                 _cleanup_free_ char *workdir = NULL;
                 _cleanup_close_ int fd = -EBADF;
                 struct stat st;
                 int k;
 
-                snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
                 snprintf(slot_name, sizeof slot_name, "slot-%u", (unsigned) uid);
                 snprintf(group, sizeof group, "%s/%s", strempty(cg_root), slot_name);
                 if (fstatat(sb->runtime_fd, slot_name, &st, AT_SYMLINK_NOFOLLOW) < 0 &&
                     (!cg_root || access(group, F_OK) < 0))
                         continue;
 
-                fd = openat(sb->runtime_fd, lock_name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
-                if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+                fd = slot_lock(sb, uid, /* create= */ true, slot_name);
+                if (fd < 0)
                         continue; /* in use: its holder's business */
                 if (asprintf(&workdir, "%s/%s", sb->runtime_dir, slot_name) < 0)
                         return;
@@ -630,17 +647,15 @@ static void slots_remove_cgroups(Sandbox *sb) {
         unsigned n = sb->slot_used ? sandbox_slots(sb) : 0;
 
         for (unsigned i = 0; i < n; i++) {
-                char lock_name[48], slot_name[32];
+                char slot_name[32];
                 _cleanup_close_ int fd = -EBADF;
                 uid_t uid = sb->settings.uid_min + i;
                 int k;
 
                 if (!sb->slot_used[i] || sb->runtime_fd < 0 || !sb->cgroup_root)
                         continue;
-                snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
-                snprintf(slot_name, sizeof slot_name, "slot-%u", (unsigned) uid);
-                fd = openat(sb->runtime_fd, lock_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-                if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+                fd = slot_lock(sb, uid, /* create= */ false, slot_name);
+                if (fd < 0)
                         continue;
                 k = cgroup_trim(sb->cgroup_root, slot_name, TRIM_TIMEOUT_USEC);
                 if (k < 0)
@@ -834,23 +849,17 @@ static int slot_acquire(Sandbox *sb, Stem *ret) {
         for (unsigned i = 0; i < n; i++) {
                 unsigned idx = (sb->next_slot + i) % n;
                 uid_t uid = sb->settings.uid_min + idx;
-                char lock_name[48], slot_name[32];
+                char slot_name[32];
                 _cleanup_free_ char *workdir = NULL;
                 _cleanup_close_ int fd = -EBADF;
                 CGroup *cg = NULL;
                 int k;
 
-                snprintf(lock_name, sizeof lock_name, "slot-%u.lock", (unsigned) uid);
-                snprintf(slot_name, sizeof slot_name, "slot-%u", (unsigned) uid);
-
-                fd = openat(sb->runtime_fd, lock_name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+                fd = slot_lock(sb, uid, /* create= */ true, slot_name);
+                if (fd == -EWOULDBLOCK)
+                        continue;
                 if (fd < 0)
-                        return log_debug_errno(errno, "Cannot open slot lock %s: %m", lock_name);
-                if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-                        if (errno == EWOULDBLOCK)
-                                continue;
-                        return -errno;
-                }
+                        return log_debug_errno(fd, "Cannot lock sandbox slot %u: %m", (unsigned) uid);
 
                 /* We own the slot: whatever is left of it comes from a crashed predecessor. Its
                  * cgroup is kept from run to run; opening it kills what is still in it. */

@@ -379,9 +379,11 @@ static int kill_uid(uid_t uid) {
 /* We are a child subreaper (sandbox_new()): when a kill takes the outer bubblewrap down before
  * its PID-1 helper, the helper is reparented to us. Reap such zombies — children with a slot
  * UID that no run tracks as its main process — so that nothing of a run lingers, not even in
- * the process table (pids.current counts zombies, too). */
-static void reap_orphans(Sandbox *sb) {
+ * the process table (pids.current counts zombies, too). Up to n of the untracked children still
+ * alive go to alive (NULL: none wanted); returns how many. */
+static size_t reap_orphans(Sandbox *sb, pid_t *alive, size_t n) {
         char buf[4096];
+        size_t n_alive = 0;
         ssize_t k;
 
         /* several times a run: kept open, read anew from offset 0 */
@@ -391,11 +393,11 @@ static void reap_orphans(Sandbox *sb) {
                 snprintf(path, sizeof path, "/proc/self/task/%d/children", (int) getpid());
                 sb->children_fd = open(path, O_RDONLY | O_CLOEXEC);
                 if (sb->children_fd < 0)
-                        return;
+                        return 0;
         }
         k = pread(sb->children_fd, buf, sizeof buf - 1, 0);
         if (k <= 0)
-                return;
+                return 0;
         buf[k] = '\0';
 
         for (char *p = buf, *end; *p; p = end) {
@@ -405,18 +407,24 @@ static void reap_orphans(Sandbox *sb) {
 
                 if (end == p)
                         break;
-                if (pid <= 0)
+                if (pid <= 0 || pid == sb->stem.pid)
                         continue;
                 for (SandboxRun *r = sb->runs; r; r = r->next)
                         tracked = tracked || (r->pid == (pid_t) pid && !r->child_exited);
                 if (tracked)
                         continue;
-                if (waitid(P_PID, (id_t) pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
+                if (waitid(P_PID, (id_t) pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
                         continue;
+                if (si.si_pid == 0) {
+                        if (alive && n_alive < n)
+                                alive[n_alive++] = (pid_t) pid;
+                        continue;
+                }
                 if (si.si_uid < sb->settings.uid_min || si.si_uid > sb->settings.uid_max)
                         continue;
                 (void) waitid(P_PID, (id_t) pid, &si, WEXITED | WNOHANG);
         }
+        return n_alive;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1647,7 +1655,7 @@ static void phase_cleanup_sync(SandboxRun *r) {
         if (r->cgroup) {
                 usec_t start = now_mono();
                 for (;;) {
-                        reap_orphans(r->sandbox);
+                        (void) reap_orphans(r->sandbox, NULL, 0);
                         if (cgroup_is_populated(r->cgroup) <= 0 || now_mono() - start >= SETTLE_TIMEOUT_USEC)
                                 break;
                         (void) cgroup_kill(r->cgroup);
@@ -1686,14 +1694,27 @@ static int on_exit_watch(sd_event_source *s, int fd, uint32_t revents, void *use
 }
 
 /* Wakes phase_settle() when a process still in the cgroup exits (typically bubblewrap's PID 1,
- * tearing the sandbox's namespaces down), rather than at the next tick. */
-static void exit_watch_start(SandboxRun *r) {
+ * tearing the sandbox's namespaces down), rather than at the next tick. A process that is
+ * exiting is no longer listed in cgroup.procs, though it counts until reaped: the orphans are
+ * watched, too (an orphan of another run just wakes this one once more). */
+static void exit_watch_start(SandboxRun *r, const pid_t *orphans, size_t n_orphans) {
         pid_t pids[SETTLE_WATCH_MAX];
-        int n;
+        size_t n = 0;
+        int k;
 
         exit_watch_stop(r);
-        n = cgroup_list_pids(r->cgroup, pids, SETTLE_WATCH_MAX);
-        for (int i = 0; i < n; i++) {
+        k = cgroup_list_pids(r->cgroup, pids, SETTLE_WATCH_MAX);
+        if (k > 0)
+                n = (size_t) k;
+        for (size_t i = 0; i < n_orphans && n < SETTLE_WATCH_MAX; i++) {
+                bool listed = false;
+
+                for (size_t j = 0; j < n; j++)
+                        listed = listed || pids[j] == orphans[i];
+                if (!listed)
+                        pids[n++] = orphans[i];
+        }
+        for (size_t i = 0; i < n; i++) {
                 int fd = pidfd_open_(pids[i]);
 
                 if (fd < 0)
@@ -1711,9 +1732,11 @@ static void exit_watch_start(SandboxRun *r) {
  * tick: called by the timer, i.e. the group did not empty in time by itself. */
 static void phase_settle(SandboxRun *r, bool tick) {
         bool outputs_done = r->out[0].fd < 0 && r->out[1].fd < 0;
+        pid_t orphans[SETTLE_WATCH_MAX];
+        size_t n_orphans;
         int populated = 0, k;
 
-        reap_orphans(r->sandbox);
+        n_orphans = reap_orphans(r->sandbox, orphans, ELEMENTSOF(orphans));
         if (r->cgroup) {
                 populated = cgroup_is_populated(r->cgroup);
                 if (populated < 0) {
@@ -1738,7 +1761,7 @@ static void phase_settle(SandboxRun *r, bool tick) {
                 (void) cgroup_kill(r->cgroup);
                 if (tick) /* still there a tick later */
                         (void) kill_uid(r->uid);
-                exit_watch_start(r);
+                exit_watch_start(r, orphans, n_orphans);
         }
 
         r->settle_timer = sd_event_source_disable_unref(r->settle_timer);

@@ -666,6 +666,12 @@ static int report_from_result(Job *j, SandboxResult *res) {
         return 0;
 }
 
+/* The program is gone: the ack lets the broker deliver the next message (prefetch is the
+ * concurrency), so that its claim overlaps this run's cleanup and report. */
+static void on_run_exited(SandboxRun *run, void *userdata) {
+        job_settle(userdata, true);
+}
+
 static void on_run_done(SandboxRun *run, SandboxResult *res, void *userdata) {
         Job *j = userdata;
         Manager *m = j->manager;
@@ -675,8 +681,7 @@ static void on_run_done(SandboxRun *run, SandboxResult *res, void *userdata) {
         r = report_from_result(j, res);
         /* res belongs to the run */
         j->run = sandbox_run_free(run);
-        /* The run is over: the ack lets the broker deliver the next message (prefetch is
-         * the concurrency) while the result is reported. */
+        /* acked already, unless the run ended before its program was started */
         job_settle(j, true);
 
         if (j->fenced) {
@@ -769,6 +774,7 @@ static void run_start(Job *j) {
                 return;
         }
 
+        sandbox_run_set_exited_callback(j->run, on_run_exited);
         j->state = JOB_RUNNING;
         log_debug("Task %s, attempt %u: running in sandbox slot %u.", j->id, j->attempt,
                   (unsigned) sandbox_run_uid(j->run));

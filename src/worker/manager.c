@@ -255,9 +255,10 @@ void manager_update_status(Manager *m) {
 
 /* ---- flow control ----------------------------------------------------------------------- */
 
-/* A message is acked when its run is over (or its claim failed), so the prefetch of
+/* A message is acked when its program has exited (or its claim failed), so the prefetch of
  * WORKER_CONCURRENCY bounds the tasks being claimed or run, and the queue's other messages
- * go to idle workers. The consumer is paused only while the worker stops. */
+ * go to idle workers; the next claim overlaps the sandbox's cleanup and the report. The
+ * consumer is paused only while the worker stops. */
 static void manager_update_flow(Manager *m) {
         int r;
 

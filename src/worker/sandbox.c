@@ -135,6 +135,7 @@ struct SandboxRun {
         sd_event *event;
         const Runner *runner;
         SandboxDoneCallback callback;
+        SandboxExitedCallback exited_callback;
         void *userdata;
 
         char *code;
@@ -1837,6 +1838,8 @@ static int on_child(sd_event_source *s, int fd, uint32_t revents, void *userdata
          * phase_settle() reaps it first (a zombie does not count), kills what is still in the
          * cgroup and goes on until the group is empty (with kill_uid() if something is still
          * there a tick later, not at once: that fork would be for nothing in nearly every run). */
+        if (r->phase == PHASE_RUN && r->exited_callback)
+                r->exited_callback(r, r->userdata);
         r->settle_start = now_mono();
         phase_settle(r, false);
         return 0;
@@ -2197,6 +2200,10 @@ void sandbox_result_done(SandboxResult *r) {
         free(r->stderr_data);
         free(r->error_message);
         *r = (SandboxResult) {};
+}
+
+void sandbox_run_set_exited_callback(SandboxRun *r, SandboxExitedCallback cb) {
+        r->exited_callback = cb;
 }
 
 uid_t sandbox_run_uid(const SandboxRun *r) {

@@ -140,6 +140,10 @@ typedef struct SandboxRun SandboxRun;
 /* result belongs to the run (valid until sandbox_run_free()); the callback may take the
  * strings out of it (TAKE_PTR) and may free the run. */
 typedef void (*SandboxDoneCallback)(SandboxRun *run, SandboxResult *result, void *userdata);
+/* The program's process (the last phase's) has exited, or was killed: what is left is the
+ * cleanup, before the done callback. Called at most once, from the event loop; must not free
+ * the run. */
+typedef void (*SandboxExitedCallback)(SandboxRun *run, void *userdata);
 
 /* Checks everything that can be checked up front (root, bwrap, toolchains, UID range not
  * used by any account, cgroup controllers), sets up the cgroup root, runtime and cache
@@ -171,6 +175,8 @@ int sandbox_run_kill(SandboxRun *r, SandboxEnd reason);
 /* A run still going is killed and cleaned up synchronously (bounded wait), no callback. */
 SandboxRun *sandbox_run_free(SandboxRun *r);
 DEFINE_TRIVIAL_CLEANUP_FUNC(SandboxRun *, sandbox_run_free);
+/* Set after sandbox_start(): cb gets the run's userdata. */
+void sandbox_run_set_exited_callback(SandboxRun *r, SandboxExitedCallback cb);
 uid_t sandbox_run_uid(const SandboxRun *r);
 
 /* Blocking helper for the CLI and tests: runs its own sd-event loop. ret is filled also when

@@ -253,8 +253,8 @@ def test_worker_protocol():
           "claim: 200, InProgress, attempt 1, startedAt set")
     lease1, who = row(tid, "lease_expires_at, worker")
     check(who == "test-host/1", "claim records the worker name from X-Worker")
-    check(sql(f"SELECT attempt, worker, ended_at IS NULL FROM task_attempts WHERE task_id = '{tid}'") == [["1", "test-host/1", "t"]],
-          "claim records an attempt row")
+    check(sql(f"SELECT count(*) FROM task_attempts WHERE task_id = '{tid}'") == [["0"]],
+          "claim writes no history row: the running attempt is the task's own (attempt, worker, startedAt)")
     r = http("POST", f"/api/tasks/{tid}/claim", key=worker)
     check(problem(r, 409) and "not claimable" in r.json["detail"], "second claim: 409")
     time.sleep(0.05)
@@ -274,8 +274,11 @@ def test_worker_protocol():
     check(r.status == 200 and t.get("status") == 2 and t.get("statusName") == "Completed" and t.get("result") == "6" and
           t.get("errorMessage") == "" and t.get("exitCode") == 0 and t.get("verdict") == "ok" and t.get("completedAt"),
           "complete: 200, Completed with result, exitCode, verdict ok")
-    check(sql(f"SELECT status, verdict, exit_code, ended_at IS NOT NULL FROM task_attempts WHERE task_id = '{tid}'")
-          == [["2", "ok", "0", "t"]], "complete closes the attempt row")
+    hist = sql(f"SELECT a.attempt, a.worker, a.status, a.verdict, a.exit_code, a.started_at = t.started_at, "
+               f"a.ended_at = t.completed_at FROM task_attempts a JOIN tasks t ON t.id = a.task_id "
+               f"WHERE t.id = '{tid}'")
+    check(hist == [["1", "test-host/1", "2", "ok", "0", "t", "t"]],
+          f"complete writes the attempt's history row: worker, start and end as the task's, status, verdict ({hist})")
     snapshot = row(tid, "status, result, completed_at, updated_at")
     r = http("POST", f"/api/tasks/{tid}/complete", dict(body, status=3, result="dup"), key=worker)
     check(problem(r, 409) and row(tid, "status, result, completed_at, updated_at") == snapshot,
@@ -336,8 +339,8 @@ def test_retry_cancel():
     r = http("POST", f"/api/tasks/{tid}/cancel")
     check(r.status == 200 and r.json["status"] == 5 and r.json["statusName"] == "Cancelled" and
           r.json["verdict"] == "cancelled" and r.json["completedAt"], "cancel of an InProgress task: Cancelled")
-    check(sql(f"SELECT status, ended_at IS NOT NULL FROM task_attempts WHERE task_id = '{tid}'")
-          == [["5", "t"]], "cancel closes the open attempt")
+    check(sql(f"SELECT attempt, status, verdict, ended_at IS NOT NULL FROM task_attempts WHERE task_id = '{tid}'")
+          == [["1", "5", "cancelled", "t"]], "cancel writes the running attempt's history row")
     r = http("POST", f"/api/tasks/{tid}/complete", {"attempt": 1, "status": 2})
     check(problem(r, 409) and row(tid, "status")[0] == "5", "a result after cancel is refused")
     r = http("POST", f"/api/tasks/{tid}/cancel")

@@ -73,26 +73,29 @@ def check(cond, what):
 
 def insert(name, status, expires_in, **cols):
     """Inserts a task for OWNER; expires_in in seconds relative to now (negative: overdue).
-    outbox_ago: its message waits in the outbox since then (None: it was confirmed)."""
+    outbox_ago: its message waits in the outbox since then (None: it was confirmed).
+    A running one (status 1) runs on worker 'test'; open_row: the claim of an earlier dtask-api
+    also opened its attempt's history row (the current one writes it when the attempt ends)."""
     tid = str(uuid.uuid4())
     fields = {
         "attempt": 0, "max_attempts": 3, "lease_in": None, "outbox_ago": None, "updated_ago": 0,
-        "published_ago": None, "created_ago": 60,
+        "published_ago": None, "created_ago": 60, "open_row": False,
     }
     fields.update(cols)
     lease = "NULL" if fields["lease_in"] is None else f"now() + interval '{fields['lease_in']} seconds'"
     published_at = "NULL" if fields["published_ago"] is None else f"now() - interval '{fields['published_ago']} seconds'"
     sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, status, ttl, created_at, updated_at, expires_at,
-                               attempt, max_attempts, lease_expires_at, published_at, started_at)
+                               attempt, max_attempts, lease_expires_at, published_at, started_at, worker)
             VALUES ('{tid}', :'p1', 'print(1)', 1, '{OWNER}', {status}, interval '1 hour',
                     now() - interval '{fields['created_ago']} seconds', now() - interval '{fields['updated_ago']} seconds',
                     now() + interval '{expires_in} seconds', {fields['attempt']}, {fields['max_attempts']},
                     {lease}, {published_at},
-                    CASE WHEN {status} = 1 THEN now() ELSE NULL END)""", name)
+                    CASE WHEN {status} = 1 THEN now() - interval '3 seconds' END,
+                    CASE WHEN {status} = 1 THEN 'test' END)""", name)
     if fields["outbox_ago"] is not None:
         sql(f"INSERT INTO task_outbox (task_id, retry_count, created_at) "
             f"VALUES ('{tid}', 0, now() - interval '{fields['outbox_ago']} seconds')")
-    if status == 1:
+    if fields["open_row"]:
         sql(f"INSERT INTO task_attempts (task_id, retry_count, attempt, worker) VALUES ('{tid}', 0, {fields['attempt']}, 'test')")
     return tid
 
@@ -108,7 +111,7 @@ def test_expire_and_rescue():
     overdue_pending = insert("overdue pending", 0, -5)
     overdue_running = insert("overdue running", 1, -1, attempt=1, lease_in=20)
     live_pending = insert("live pending", 0, 3600)
-    lapsed = insert("lapsed lease", 1, 3600, attempt=1, lease_in=-5)
+    lapsed = insert("lapsed lease", 1, 3600, attempt=1, lease_in=-5, open_row=True)
     lapsed_last = insert("lapsed, last attempt", 1, 3600, attempt=3, lease_in=-5)
     done = insert("completed long ago", 2, -100)
 
@@ -122,12 +125,20 @@ def test_expire_and_rescue():
     r = row(overdue_running)
     check(r[0] == "4" and r[6] == "t", "overdue InProgress task is Expired and its lease cleared")
     check(r[3] == "timeout", "a run cut short by the TTL has verdict timeout, as when the worker's timer fires")
-    hist = sql(f"SELECT status, ended_at IS NOT NULL FROM task_attempts WHERE task_id = '{overdue_running}'")
-    check(hist == [["4", "t"]], "the attempt history of the expired running task is closed")
+    hist = sql(f"SELECT attempt, worker, status, ended_at > started_at, started_at < now() - interval '2 seconds' "
+               f"FROM task_attempts WHERE task_id = '{overdue_running}'")
+    check(hist == [["1", "test", "4", "t", "t"]],
+          f"the expired running task's attempt gets its history row: worker, start of the run, end, Expired ({hist})")
     check(row(live_pending)[0] == "0", "a Pending task with time left is untouched")
     r = row(lapsed)
     check(r[0] == "0" and r[4] == "1", "a lapsed lease goes back to Pending (next claim is attempt 2)")
     check(r[5] == "t", "the rescued task is re-published at once (broker confirm recorded)")
+    hist = sql(f"SELECT attempt, worker, verdict, ended_at IS NOT NULL FROM task_attempts WHERE task_id = '{lapsed}'")
+    check(hist == [["1", "test", "worker_lost", "t"]],
+          f"the lapsed attempt's history row, opened by an earlier dtask-api's claim, is closed as worker_lost "
+          f"({hist})")
+    hist = sql(f"SELECT attempt, worker, verdict FROM task_attempts WHERE task_id = '{lapsed_last}'")
+    check(hist == [["3", "test", "worker_lost"]], f"the last lapsed attempt gets its history row ({hist})")
     r = row(lapsed_last)
     check(r[0] == "3" and r[3] == "worker_lost" and r[2] == "t", "a lapsed lease on the last attempt fails with worker_lost")
     check(row(done)[0] == "2", "terminal tasks are never touched")

@@ -3,6 +3,7 @@
 #include <stdio.h>
 
 #include "log.h"
+#include "task-sql.h"
 #include "task-store.h"
 #include "uuid-util.h"
 
@@ -66,13 +67,6 @@ enum {
  * whenever the statistics still count the live tasks as the few they were at the last
  * ANALYZE, as during any burst of work, and each claim reads the whole Pending backlog. */
 #define ROW_STATUS "status::integer"
-
-/* A CTE "ob" that records, for each row of the CTE "from" matching "where", that the message
- * of the task's current run awaits the broker's confirm (task_outbox, sql/0004). */
-#define OUTBOX_ADD(from, where)                                                                  \
-        "ob AS (INSERT INTO task_outbox (task_id, retry_count) SELECT id, retry_count FROM " from \
-        " WHERE " where " ON CONFLICT (task_id) DO UPDATE SET retry_count = excluded.retry_count, "  \
-        "created_at = excluded.created_at, attempted_at = NULL)"
 
 /* The row after a change, or the current row when nothing changed (then "applied" is false). */
 #define APPLIED_OR_CURRENT(where)                                                    \
@@ -355,7 +349,7 @@ static int run_task_query(TaskStore *s, const char *sql, int n, const char *cons
         "now() + " INTERVAL_USEC("$7") ", $8::integer)"
 
 static const char sql_insert[] =
-        "WITH ins AS (" INSERT_TASK " RETURNING *), " OUTBOX_ADD("ins", "true") " "
+        "WITH ins AS (" INSERT_TASK " RETURNING *), " OUTBOX_ADD("ins", "true", "NULL") " "
         "SELECT " TASK_COLUMNS " FROM ins";
 
 static const char sql_idem_delete_stale[] =
@@ -363,7 +357,7 @@ static const char sql_idem_delete_stale[] =
         "AND created_at < now() - " INTERVAL_USEC("$3");
 
 static const char sql_idem_insert[] =
-        "WITH ins AS (" INSERT_TASK " RETURNING *), " OUTBOX_ADD("ins", "true") ", "
+        "WITH ins AS (" INSERT_TASK " RETURNING *), " OUTBOX_ADD("ins", "true", "NULL") ", "
         "k AS (INSERT INTO idempotency_keys (owner_id, key, request_hash, task_id) "
         "      SELECT owner_id, $9, decode($10, 'hex'), id FROM ins) "
         "SELECT " TASK_COLUMNS " FROM ins";
@@ -523,7 +517,7 @@ int task_store_patch(TaskStore *s, const char *id, const char *owner, const Task
                 "  WHERE id = $1::uuid AND " OWNER_FILTER " AND (NOT $14::boolean OR status <> 1) RETURNING *), "
                 /* status set to Pending by hand: dispatched again (the caller publishes, else the
                  * reaper), also when it was Pending already: a second message is claimed in vain */
-                OUTBOX_ADD("upd", "$8::smallint = 0") " "
+                OUTBOX_ADD("upd", "$8::smallint = 0", "NULL") " "
                 APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
         char language[16], ttl[32], status[16], started[ISO8601_STRING_MAX], completed[ISO8601_STRING_MAX];
         unsigned f = p->fields;
@@ -555,7 +549,7 @@ int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreC
                 "  expires_at = now() + ttl, lease_expires_at = NULL, worker = NULL, "
                 "  published_at = NULL, updated_at = now() "
                 "  WHERE id = $1::uuid AND " OWNER_FILTER " AND " ROW_STATUS " >= 2 RETURNING *), "
-                OUTBOX_ADD("upd", "true") " "
+                OUTBOX_ADD("upd", "true", "NULL") " "
                 APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
         const char *values[] = { id, owner };
 
@@ -564,13 +558,15 @@ int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreC
 
 int task_store_cancel(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata) {
         static const char sql[] =
-                "WITH upd AS (UPDATE tasks SET status = 5, verdict = 'cancelled', completed_at = now(), "
+                /* locked first: whether an attempt was running is the status it had */
+                "WITH cur AS (SELECT id, status AS old_status FROM tasks "
+                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND " ROW_STATUS " IN (0, 1) FOR UPDATE), "
+                "upd AS (UPDATE tasks t SET status = 5, verdict = 'cancelled', completed_at = now(), "
                 "  error_message = COALESCE(error_message, 'Task cancelled'), lease_expires_at = NULL, "
                 "  updated_at = now() "
-                "  WHERE id = $1::uuid AND " OWNER_FILTER " AND " ROW_STATUS " IN (0, 1) RETURNING *), "
-                "att AS (UPDATE task_attempts a SET ended_at = upd.completed_at, status = 5, verdict = 'cancelled' "
-                "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
-                "  AND a.attempt = upd.attempt AND a.ended_at IS NULL) "
+                "  FROM cur WHERE t.id = cur.id AND " ROW_STATUS " IN (0, 1) RETURNING t.*, cur.old_status), "
+                ATTEMPT_END("att", "upd", "worker, COALESCE(started_at, now()), completed_at, 5, 'cancelled', NULL",
+                            "old_status = 1") " "
                 APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
         const char *values[] = { id, owner };
 
@@ -585,9 +581,7 @@ int task_store_claim(TaskStore *s, const char *id, const char *worker, usec_t le
                 "  WHERE id = $1::uuid AND " ROW_STATUS " = 0 AND expires_at > now() RETURNING *), "
                 "expired AS (UPDATE tasks SET status = 4, error_message = 'Task expired due to TTL', "
                 "  completed_at = now(), updated_at = now() "
-                "  WHERE id = $1::uuid AND " ROW_STATUS " = 0 AND expires_at <= now() RETURNING *), "
-                "att AS (INSERT INTO task_attempts (task_id, retry_count, attempt, worker, started_at) "
-                "  SELECT id, retry_count, attempt, worker, started_at FROM upd ON CONFLICT DO NOTHING) "
+                "  WHERE id = $1::uuid AND " ROW_STATUS " = 0 AND expires_at <= now() RETURNING *) "
                 "SELECT " TASK_COLUMNS ", true FROM upd "
                 "UNION ALL SELECT " TASK_COLUMNS ", false FROM expired "
                 "UNION ALL SELECT " TASK_COLUMNS ", false FROM tasks WHERE id = $1::uuid "
@@ -622,10 +616,9 @@ int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, T
                 "  output_truncated = $8::boolean, completed_at = now(), lease_expires_at = NULL, "
                 "  updated_at = now() "
                 "  WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer RETURNING *), "
-                "att AS (UPDATE task_attempts a SET ended_at = upd.completed_at, status = upd.status, "
-                "  verdict = upd.verdict, exit_code = upd.exit_code "
-                "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
-                "  AND a.attempt = upd.attempt) "
+                ATTEMPT_END("att", "upd",
+                            "worker, COALESCE(started_at, now()), completed_at, status, verdict, exit_code", "true")
+                " "
                 APPLIED_OR_CURRENT("id = $1::uuid");
         char attempt_buf[16], status_buf[16], exit_buf[16];
         const char *values[] = {
@@ -644,14 +637,17 @@ int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, T
 
 int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStoreCallback cb, void *userdata) {
         static const char sql[] =
-                "WITH upd AS (UPDATE tasks SET status = 0, started_at = NULL, lease_expires_at = NULL, "
+                /* locked first: the update clears the attempt's worker and started_at */
+                "WITH cur AS (SELECT id, worker AS old_worker, started_at AS old_started FROM tasks "
+                "  WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer FOR UPDATE), "
+                "upd AS (UPDATE tasks t SET status = 0, started_at = NULL, lease_expires_at = NULL, "
                 "  worker = NULL, published_at = NULL, updated_at = now() "
-                "  WHERE id = $1::uuid AND " ROW_STATUS " = 1 AND attempt = $2::integer RETURNING *), "
-                OUTBOX_ADD("upd", "true") ", "
-                "att AS (UPDATE task_attempts a SET ended_at = now(), verdict = 'released' "
-                "  FROM upd WHERE a.task_id = upd.id AND a.retry_count = upd.retry_count "
-                "  AND a.attempt = upd.attempt AND a.ended_at IS NULL) "
-                APPLIED_OR_CURRENT("id = $1::uuid");
+                "  FROM cur WHERE t.id = cur.id AND " ROW_STATUS " = 1 AND attempt = $2::integer "
+                "  RETURNING t.*, cur.old_worker, cur.old_started), "
+                OUTBOX_ADD("upd", "true", "NULL") ", "
+                ATTEMPT_END("att", "upd",
+                            "old_worker, COALESCE(old_started, now()), now(), NULL, 'released', NULL", "true")
+                " " APPLIED_OR_CURRENT("id = $1::uuid");
         char attempt_buf[16];
         const char *values[] = { id, FMT_UINT(attempt_buf, attempt) };
 

@@ -69,24 +69,25 @@ int task_store_patch(TaskStore *s, const char *id, const char *owner, const Task
  * retry_count+1, attempt 0, expires_at = now + ttl, its message in the outbox. */
 int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata);
 
-/* Pending/InProgress → Cancelled (verdict cancelled, completed now); the open attempt is closed. */
+/* Pending/InProgress → Cancelled (verdict cancelled, completed now); a running attempt gets its
+ * row in the attempt history. */
 int task_store_cancel(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata);
 
 /* Worker protocol; not tenant-scoped (workers run everybody's tasks).
- * claim: Pending and not expired → InProgress, attempt+1, lease = now + lease; records an
- * attempt row. A Pending task found past its expiresAt is marked Expired on the way
- * (applied false). */
+ * claim: Pending and not expired → InProgress, attempt+1, lease = now + lease, worker and
+ * started_at set. The attempt history (task_attempts) gets the attempt's row when it ends, from
+ * these. A Pending task found past its expiresAt is marked Expired on the way (applied false). */
 int task_store_claim(TaskStore *s, const char *id, const char *worker, usec_t lease, TaskStoreCallback cb,
                      void *userdata);
 /* Extends the lease of InProgress attempt `attempt`. */
 int task_store_heartbeat(TaskStore *s, const char *id, unsigned attempt, usec_t lease, TaskStoreCallback cb,
                          void *userdata);
-/* Final result of InProgress attempt c->attempt (fenced); closes the attempt row. */
+/* Final result of InProgress attempt c->attempt (fenced); writes the attempt's history row. */
 int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, TaskStoreCallback cb, void *userdata);
 
 /* A worker gives InProgress attempt `attempt` back without a result (it is stopping): Pending
  * again, lease and worker cleared, its message in the outbox (the caller publishes it, else
- * the reaper does); the attempt row is closed with verdict 'released'. The attempt stays counted. */
+ * the reaper does); the attempt's history row has verdict 'released'. The attempt stays counted. */
 int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStoreCallback cb, void *userdata);
 
 /* Records that the broker confirmed the message of run retry_count: its row leaves the

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "pg.h"
 #include "reaper.h"
+#include "task-sql.h"
 
 /* Rows handled per step and pass: a backlog is worked off over several passes. */
 #define REAPER_BATCH "1000"
@@ -15,7 +16,7 @@
 #define REAPER_BROKER_WAIT_USEC (3 * USEC_PER_SEC)
 #define REAPER_CONFIRM_TIMEOUT_USEC (10 * USEC_PER_SEC)
 
-/* 1. Overdue tasks become Expired; the attempt history of running ones is closed. */
+/* 1. Overdue tasks become Expired; running ones get their attempt's history row. */
 static const char sql_expire[] =
         "WITH overdue AS ("
         "  SELECT id, status AS old_status FROM tasks"
@@ -28,17 +29,15 @@ static const char sql_expire[] =
          * fires first; a task that never started has none. */
         "    verdict = CASE WHEN overdue.old_status = 1 THEN 'timeout' END"
         "  FROM overdue WHERE t.id = overdue.id"
-        "  RETURNING t.id, overdue.old_status, t.attempt, t.retry_count),"
-        " history AS ("
-        "  UPDATE task_attempts a SET ended_at = now(), status = 4"
-        "  FROM expired e WHERE e.old_status = 1 AND a.task_id = e.id"
-        "    AND a.retry_count = e.retry_count AND a.attempt = e.attempt AND a.ended_at IS NULL)"
+        "  RETURNING t.id, overdue.old_status, t.attempt, t.retry_count, t.worker, t.started_at),"
+        " " ATTEMPT_END("history", "expired", "worker, COALESCE(started_at, now()), now(), 4, NULL, NULL",
+                         "old_status = 1")
         " SELECT id, old_status FROM expired";
 
 /* 2. Lapsed leases: back to Pending while attempts remain, else Failed/worker_lost. */
 static const char sql_rescue[] =
         "WITH lapsed AS ("
-        "  SELECT id FROM tasks"
+        "  SELECT id, worker AS old_worker, started_at AS old_started FROM tasks"
         "  WHERE status = 1 AND lease_expires_at < now() AND expires_at > now()"
         "  ORDER BY lease_expires_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED),"
         " rescued AS ("
@@ -52,17 +51,11 @@ static const char sql_rescue[] =
         "    published_at = CASE WHEN t.attempt < t.max_attempts THEN NULL ELSE t.published_at END,"
         "    lease_expires_at = NULL, worker = NULL, updated_at = now()"
         "  FROM lapsed WHERE t.id = lapsed.id"
-        "  RETURNING t.id, t.status, t.attempt, t.retry_count),"
+        "  RETURNING t.id, t.status, t.attempt, t.retry_count, lapsed.old_worker, lapsed.old_started),"
         /* this pass publishes them: attempted now, so other reapers leave them alone */
-        " outbox AS ("
-        "  INSERT INTO task_outbox (task_id, retry_count, attempted_at)"
-        "  SELECT id, retry_count, now() FROM rescued WHERE status = 0"
-        "  ON CONFLICT (task_id) DO UPDATE SET retry_count = excluded.retry_count,"
-        "    created_at = excluded.created_at, attempted_at = excluded.attempted_at),"
-        " history AS ("
-        "  UPDATE task_attempts a SET ended_at = now(), verdict = 'worker_lost'"
-        "  FROM rescued r WHERE a.task_id = r.id AND a.retry_count = r.retry_count"
-        "    AND a.attempt = r.attempt AND a.ended_at IS NULL)"
+        " " OUTBOX_ADD("rescued", "status = 0", "now()") ","
+        " " ATTEMPT_END("history", "rescued",
+                         "old_worker, COALESCE(old_started, now()), now(), NULL, 'worker_lost', NULL", "true")
         " SELECT id, status FROM rescued";
 
 /* 3. Pending tasks to publish again: those in the outbox (sql/0004) whose publish was not

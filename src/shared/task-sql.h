@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* SQL fragments that dtask-api and dtask-reaper both write into their statements on tasks. */
+
+/* A CTE "ob" that records, for each row of the CTE `from` matching `where`, that the message of
+ * the task's current run awaits the broker's confirm (task_outbox, sql/0004). `attempted_at`:
+ * NULL, or now() when the caller publishes it at once itself (other reapers leave it alone). */
+#define OUTBOX_ADD(from, where, attempted_at)                                                              \
+        "ob AS (INSERT INTO task_outbox (task_id, retry_count, attempted_at) SELECT id, retry_count, "       \
+        attempted_at " FROM " from " WHERE " where " ON CONFLICT (task_id) DO UPDATE SET "                   \
+        "retry_count = excluded.retry_count, created_at = excluded.created_at, "                             \
+        "attempted_at = excluded.attempted_at)"
+
+/* A CTE `name` that writes the attempt history (task_attempts) when an attempt ends. The running
+ * attempt is the task's own attempt, worker and started_at, so a claim writes nothing here. For
+ * each row of the CTE `from` matching `where`: its id, retry_count and attempt, then `cols`, the
+ * expressions of worker, started_at, ended_at, status, verdict and exit_code. A row that the
+ * claim of an earlier dtask-api left open is closed instead. */
+#define ATTEMPT_END(name, from, cols, where)                                                          \
+        name " AS (INSERT INTO task_attempts AS a (task_id, retry_count, attempt, worker, started_at, " \
+        "ended_at, status, verdict, exit_code) SELECT id, retry_count, attempt, " cols " FROM " from     \
+        " WHERE " where " ON CONFLICT (task_id, retry_count, attempt) DO UPDATE SET "                   \
+        "ended_at = excluded.ended_at, status = excluded.status, verdict = excluded.verdict, "          \
+        "exit_code = excluded.exit_code WHERE a.ended_at IS NULL)"

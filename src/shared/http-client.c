@@ -1311,6 +1311,11 @@ int http_client_new(HttpClient **ret, sd_event *event, const char *base_url, con
         r = sd_event_add_defer(event, &c->dispatch, on_dispatch, c);
         if (r < 0)
                 return r;
+        /* A queued request goes out before the other work that is pending in the same loop
+         * iteration: the caller usually waits for its answer (a worker's next claim, for one). */
+        r = sd_event_source_set_priority(c->dispatch, SD_EVENT_PRIORITY_IMPORTANT);
+        if (r < 0)
+                return r;
         r = sd_event_source_set_enabled(c->dispatch, SD_EVENT_OFF);
         if (r < 0)
                 return r;

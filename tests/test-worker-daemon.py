@@ -6,6 +6,8 @@
   - configuration errors name the key; --help, --version;
   - messages that are not task ids (or ids of unknown tasks) are acked and dropped: the queue drains;
   - the heartbeat keeps a short lease alive (no rescue by dtask-reaper while the task runs);
+  - concurrency 1 runs one task at a time; the message taken ahead (WORKER_LOOKAHEAD) goes back
+    to the queue after 0.1 s while the worker stays busy, and an idle worker runs it;
   - a 409 on the heartbeat (the attempt was taken away) kills the run at once;
   - an "expired" event from dtask-reaper kills the run at once;
   - SIGTERM: a running task finishes within WORKER_STOP_GRACE and is reported;
@@ -54,6 +56,7 @@ CONFIG_ERRORS = [
     ({"API_KEY": ""}, "API_KEY", "API_KEY empty"),
     ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY", "WORKER_CONCURRENCY=0"),
     ({"WORKER_CONCURRENCY": "many"}, "WORKER_CONCURRENCY", "WORKER_CONCURRENCY not a number"),
+    ({"WORKER_LOOKAHEAD": "257"}, "WORKER_LOOKAHEAD", "WORKER_LOOKAHEAD out of range"),
     ({"WORKER_STOP_GRACE": "soon"}, "WORKER_STOP_GRACE", "WORKER_STOP_GRACE not a duration"),
     ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "LOG_LEVEL unknown"),
     ({"API_URL": "not a url"}, "API_URL", "API_URL not a URL"),
@@ -114,6 +117,34 @@ for x in ts:
 spans.sort()
 overlap = any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
 check(len(spans) == 3 and not overlap, f"concurrency 1: three tasks ran one after the other ({len(spans)} done, overlap {overlap})")
+
+# WORKER_LOOKAHEAD=1 (the default): while the worker runs a task, the next message waits in it
+# unclaimed, and goes back to the queue after 0.1 s (the worker then takes no more until it is
+# free), so that a worker that is idle runs it meanwhile
+check("with prefetch 2," in worker.text(), "lookahead: the prefetch is WORKER_CONCURRENCY + WORKER_LOOKAHEAD")
+slow = create("import time\ntime.sleep(8)\nprint('slow', end='')", ttl=120, base=api.url, name="worker lookahead slow")
+if check(wait_for(lambda: get(slow["id"], base=api.url)["status"] == 1, 30), "lookahead: a slow task runs"):
+    quick = create("print('quick', end='')", ttl=120, base=api.url, name="worker lookahead quick")
+    check(worker.wait_log(f"Message for task {quick['id']}", 10), "lookahead: the busy worker takes the next message")
+    check(worker.wait_log(f"Task {quick['id']}: every slot is still busy; its message goes back to the queue", 5),
+          "lookahead: the message goes back to the queue, unclaimed, while the slow run goes on")
+    check(get(quick["id"], base=api.url)["status"] == 0, "lookahead: the task it held is still Pending")
+    other = Worker(queue=queue, routing_key=rkey, api=api.url, extra_env={"LEASE_DURATION": "3s"})
+    try:
+        r = wait_terminal(quick["id"], timeout=30, base=api.url)
+        who = sql(f"SELECT worker FROM tasks WHERE id = '{quick['id']}'")[0][0]
+        check(r["statusName"] == "Completed" and who.endswith("/" + other.instance) and
+              get(slow["id"], base=api.url)["status"] == 1,
+              f"lookahead: a worker started meanwhile runs it while the first is still busy ({who})")
+    finally:
+        other.stop()
+    r = wait_terminal(slow["id"], timeout=60, base=api.url)
+    check(r["statusName"] == "Completed" and r["result"] == "slow", "lookahead: the slow task completes")
+    after = create("print('after', end='')", ttl=120, base=api.url, name="worker lookahead after")
+    r = wait_terminal(after["id"], timeout=30, base=api.url)
+    who = sql(f"SELECT worker FROM tasks WHERE id = '{after['id']}'")[0][0]
+    check(r["statusName"] == "Completed" and who.endswith("/" + worker.instance),
+          f"lookahead: once free, the first worker consumes again ({who})")
 
 # a 409 on the heartbeat kills the run at once
 marker = f"dtask-fenced-{uuid.uuid4().hex[:12]}"

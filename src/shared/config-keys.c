@@ -70,6 +70,8 @@ const ConfigKey config_keys[] = {
         { "API_KEY", CONFIG_STRING, CONFIG_SECRET | CONFIG_CREDENTIAL, NULL,
           .description = "the worker's key (claims tasks:read and tasks:execute)" },
         { "WORKER_CONCURRENCY", CONFIG_UINT, 0, "1", 1, 256 },
+        { "WORKER_LOOKAHEAD", CONFIG_UINT, 0, "1", 0, 256,
+          .description = "messages a worker takes ahead while all its slots are busy (held at most 0.1 s)" },
         { "WORKER_STOP_GRACE", CONFIG_DURATION, 0, "20s", 0, 3600 * SEC,
           .description = "on SIGTERM, how long running tasks may finish before they are killed and released" },
         { "SANDBOX_MEMORY_MAX", CONFIG_SIZE, 0, "256M", 16 * MiB, 0 },

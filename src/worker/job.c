@@ -26,6 +26,7 @@ struct Job {
         char id[UUID_STRING_MAX];
         uint64_t delivery_tag;
         bool settled; /* the message was acked or rejected */
+        bool exited;  /* the program has exited: the run's slot is about to be free */
         bool claimed; /* the claim is durable: the message is acked, never requeued */
         JobState state;
 
@@ -40,6 +41,7 @@ struct Job {
         DtaskCall *heartbeat_call; /* at most one heartbeat in flight */
         sd_event_source *heartbeat_timer;
         sd_event_source *retry_timer; /* requeue after backoff; report retries */
+        sd_event_source *hold_timer;  /* HELD: hand the message back */
         unsigned heartbeat_failures;
 
         SandboxRun *run;
@@ -64,6 +66,7 @@ struct Job {
 };
 
 static const char *const job_state_table[_JOB_STATE_MAX] = {
+        [JOB_HELD] = "held",
         [JOB_CLAIMING] = "claiming",
         [JOB_REQUEUE_WAIT] = "requeue-wait",
         [JOB_RUNNING] = "running",
@@ -191,6 +194,7 @@ Job *job_free(Job *j) {
         dtask_call_cancel(j->heartbeat_call);
         j->heartbeat_timer = sd_event_source_disable_unref(j->heartbeat_timer);
         j->retry_timer = sd_event_source_disable_unref(j->retry_timer);
+        j->hold_timer = sd_event_source_disable_unref(j->hold_timer);
         /* kills a run still going, synchronously */
         j->run = sandbox_run_free(j->run);
         /* a message never settled goes back to the queue, unless its task was claimed */
@@ -218,6 +222,10 @@ unsigned job_attempt(const Job *j) {
 
 bool job_is_running(const Job *j) {
         return j->state == JOB_RUNNING;
+}
+
+bool job_takes_slot(const Job *j) {
+        return j->state == JOB_CLAIMING || j->state == JOB_REQUEUE_WAIT || (j->state == JOB_RUNNING && !j->exited);
 }
 
 Job *job_next(const Job *j) {
@@ -539,7 +547,8 @@ static void report_start(Job *j) {
                 /* the heartbeat keeps the lease while the result is delivered */
         }
         j->report_deadline = now + keep;
-        manager_update_status(j->manager);
+        /* a reporting job takes no slot: a held message may be claimed now */
+        manager_slot_freed(j->manager);
         report_send(j);
 }
 
@@ -666,10 +675,14 @@ static int report_from_result(Job *j, SandboxResult *res) {
         return 0;
 }
 
-/* The program is gone: the ack lets the broker deliver the next message (prefetch is the
- * concurrency), so that its claim overlaps this run's cleanup and report. */
+/* The program is gone: its slot is free for a held message, and the ack lets the broker
+ * deliver the next one, so that claims overlap this run's cleanup and report. */
 static void on_run_exited(SandboxRun *run, void *userdata) {
-        job_settle(userdata, true);
+        Job *j = userdata;
+
+        j->exited = true;
+        job_settle(j, true);
+        manager_slot_freed(j->manager);
 }
 
 static void on_run_done(SandboxRun *run, SandboxResult *res, void *userdata) {
@@ -868,10 +881,26 @@ static void on_claimed(DtaskClient *c, int error, const DtaskTask *task, const D
         run_start(j);
 }
 
+static int on_hold_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Job *j = userdata;
+
+        log_debug("Task %s: every slot is still busy; its message goes back to the queue.", j->id);
+        job_settle(j, false);
+        manager_hold_expired(j->manager);
+        job_finish(j);
+        return 0;
+}
+
+int job_hold(Job *j, usec_t max) {
+        j->state = JOB_HELD;
+        return job_arm(j, &j->hold_timer, max, on_hold_timer);
+}
+
 int job_start(Job *j) {
         Manager *m = j->manager;
         int r;
 
+        j->hold_timer = sd_event_source_disable_unref(j->hold_timer);
         j->state = JOB_CLAIMING;
         r = dtask_claim(m->client, j->id, m->worker_name, on_claimed, j, &j->call);
         if (r < 0) {
@@ -913,7 +942,7 @@ void job_handle_event(Job *j, const char *event) {
 
 void job_begin_shutdown(Job *j) {
         j->stopping = true;
-        if (j->state == JOB_REQUEUE_WAIT) {
+        if (j->state == JOB_REQUEUE_WAIT || j->state == JOB_HELD) {
                 job_settle(j, false);
                 job_finish(j);
         }

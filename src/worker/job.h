@@ -10,6 +10,9 @@
 
 /* One task's life on this worker, from its RabbitMQ message to its final report:
  *
+ *   HELD: taken ahead (WORKER_LOOKAHEAD) while every slot is busy, not claimed; claimed the
+ *      │  moment a slot frees, or handed back (reject, requeue) after LOOKAHEAD_HOLD
+ *      ▼
  *   CLAIMING ──409/404──▶ ack, drop
  *      │ └──API unreachable/503──▶ REQUEUE_WAIT ──backoff──▶ reject(requeue)
  *      ▼ 200: PostgreSQL holds the claim; the message stays unacked, so that the
@@ -32,6 +35,7 @@ typedef struct Manager Manager;
 typedef struct Job Job;
 
 typedef enum JobState {
+        JOB_HELD,
         JOB_CLAIMING,
         JOB_REQUEUE_WAIT,
         JOB_RUNNING,
@@ -50,6 +54,12 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Job *, job_free);
 /* Sends the claim. < 0 only when the request could not even be queued (the caller then
  * requeues the message). */
 int job_start(Job *j);
+/* Keeps the message unclaimed until job_start(), at most `max`; then it goes back to the
+ * queue and the manager hears of it (manager_hold_expired()). */
+int job_hold(Job *j, usec_t max);
+/* Whether the job takes one of the WORKER_CONCURRENCY slots: claiming, waiting to requeue,
+ * or running until its program has exited. */
+bool job_takes_slot(const Job *j);
 
 /* An event from the fanout exchange about this job's task: "cancelled" or "expired". */
 void job_handle_event(Job *j, const char *event);

@@ -14,6 +14,9 @@
 /* After the stop grace period, how long killed tasks have to be released and results to be
  * delivered before the worker exits anyway. */
 #define STOP_FINAL_USEC (15 * USEC_PER_SEC)
+/* How long a message taken ahead (WORKER_LOOKAHEAD) waits for a slot before it goes back to
+ * the queue, where an idle worker may take it. */
+#define LOOKAHEAD_HOLD_USEC (100 * USEC_PER_MSEC)
 #define INSTANCE_MAX 64
 #define STATUS_MAX 512
 
@@ -117,6 +120,7 @@ static int manager_configure(Manager *m) {
                 return log_oom();
 
         m->concurrency = (unsigned) config_uint(c, "WORKER_CONCURRENCY");
+        m->lookahead = (unsigned) config_uint(c, "WORKER_LOOKAHEAD");
         m->lease_duration = config_uint(c, "LEASE_DURATION");
         m->heartbeat_interval = MAX(m->lease_duration / 3, 100 * USEC_PER_MSEC);
         m->stop_grace = config_uint(c, "WORKER_STOP_GRACE");
@@ -194,7 +198,7 @@ void manager_count_outcome(Manager *m, int status) {
 void manager_update_status(Manager *m) {
         char status[STATUS_MAX], *p = status;
         size_t left = sizeof status;
-        unsigned n_running = 0, n_reporting = 0;
+        unsigned n_running = 0, n_reporting = 0, n_held = 0;
         int k;
 
 #define APPEND(...)                                                     \
@@ -211,6 +215,8 @@ void manager_update_status(Manager *m) {
                         n_running++;
                 else if (job_state(j) == JOB_REPORTING)
                         n_reporting++;
+                else if (job_state(j) == JOB_HELD)
+                        n_held++;
         }
 
         if (m->stopping)
@@ -240,6 +246,8 @@ void manager_update_status(Manager *m) {
                         APPEND("nothing");
                 if (n_reporting > 0)
                         APPEND("; reporting %u result(s)", n_reporting);
+                if (n_held > 0)
+                        APPEND("; %u taken ahead", n_held);
                 APPEND(". ");
         }
         APPEND("Done: %" PRIu64 " completed, %" PRIu64 " failed, %" PRIu64 " expired, %" PRIu64 " other.",
@@ -255,17 +263,31 @@ void manager_update_status(Manager *m) {
 
 /* ---- flow control ----------------------------------------------------------------------- */
 
-/* A message is acked when its program has exited (or its claim failed), so the prefetch of
- * WORKER_CONCURRENCY bounds the tasks being claimed or run, and the queue's other messages
- * go to idle workers; the next claim overlaps the sandbox's cleanup and the report. The
- * consumer is paused only while the worker stops. */
+static unsigned manager_slots_taken(Manager *m) {
+        unsigned n = 0;
+
+        for (Job *j = m->jobs; j; j = job_next(j))
+                n += job_takes_slot(j);
+        return n;
+}
+
+/* A message is acked when its program has exited (or its claim failed), so that the next
+ * claim overlaps the sandbox's cleanup and the report. The prefetch is WORKER_CONCURRENCY +
+ * WORKER_LOOKAHEAD: up to WORKER_LOOKAHEAD messages wait here, unclaimed, while every slot is
+ * busy, and the next one is claimed the moment a program exits rather than a broker round
+ * trip later. A message held for LOOKAHEAD_HOLD_USEC goes back to the queue for an idle
+ * worker, and the consumer pauses until a slot frees, so that a long run does not keep
+ * further messages here. The consumer pauses, too, while the worker stops. */
 static void manager_update_flow(Manager *m) {
         int r;
 
         if (!m->consumer)
                 return;
 
-        if (m->stopping) {
+        if (m->held_back && manager_slots_taken(m) < m->concurrency)
+                m->held_back = false;
+
+        if (m->stopping || m->held_back) {
                 if (!amqp_consumer_is_paused(m->consumer)) {
                         r = amqp_consumer_pause(m->consumer);
                         if (r < 0)
@@ -329,6 +351,34 @@ static Job *manager_find_job(Manager *m, const char *id) {
         return NULL;
 }
 
+/* Claims held messages, oldest first, while slots are free. */
+static void manager_start_held(Manager *m) {
+        while (!m->stopping && manager_slots_taken(m) < m->concurrency) {
+                Job *oldest = NULL;
+                int r;
+
+                for (Job *j = m->jobs; j; j = job_next(j))
+                        if (job_state(j) == JOB_HELD)
+                                oldest = j; /* the list is newest first */
+                if (!oldest)
+                        return;
+                r = job_start(oldest);
+                if (r < 0) {
+                        log_error_errno(r, "Task %s: failed to start claiming it: %m", job_id(oldest));
+                        manager_job_done(m, oldest); /* requeues the message */
+                }
+        }
+}
+
+void manager_slot_freed(Manager *m) {
+        manager_start_held(m);
+        manager_update_status(m);
+}
+
+void manager_hold_expired(Manager *m) {
+        m->held_back = true;
+}
+
 void manager_job_done(Manager *m, Job *j) {
         job_unlink(&m->jobs, j);
         if (m->n_jobs > 0)
@@ -340,6 +390,7 @@ void manager_job_done(Manager *m, Job *j) {
                 (void) sd_event_exit(m->event, 0);
                 return;
         }
+        manager_start_held(m);
         manager_update_status(m);
 }
 
@@ -362,6 +413,7 @@ static void on_delivery(AmqpConsumer *c, uint64_t tag, const void *body, size_t 
         Manager *m = userdata;
         _cleanup_free_ char *id = NULL;
         _cleanup_(job_freep) Job *j = NULL;
+        bool busy;
         int r;
 
         r = amqp_body_to_task_id(body, size, &id);
@@ -394,9 +446,10 @@ static void on_delivery(AmqpConsumer *c, uint64_t tag, const void *body, size_t 
                 (void) amqp_consumer_reject(c, tag, true);
                 return;
         }
+        busy = manager_slots_taken(m) >= m->concurrency;
         job_link(&m->jobs, j);
         m->n_jobs++;
-        r = job_start(j);
+        r = busy ? job_hold(j, LOOKAHEAD_HOLD_USEC) : job_start(j);
         if (r < 0) {
                 log_error_errno(r, "Task %s: failed to start claiming it: %m", id);
                 job_unlink(&m->jobs, j);
@@ -436,7 +489,7 @@ static void manager_check_ready(Manager *m) {
         /* tools/dev waits for this line */
         log_notice("Ready: worker %s consuming %s with prefetch %u, %u sandbox slot(s) on %s cgroups at %s, "
                    "API %s.",
-                   m->worker_name, strna(amqp_consumer_queue(m->consumer)), m->concurrency,
+                   m->worker_name, strna(amqp_consumer_queue(m->consumer)), m->concurrency + m->lookahead,
                    sandbox_slots(m->sandbox), sandbox_cgroup_mode(m->sandbox), sandbox_cgroup_root(m->sandbox),
                    m->api_url);
         (void) sd_notify(false, "READY=1");
@@ -604,7 +657,8 @@ int manager_start(Manager *m) {
         };
         (void) amqp_url_redact(settings.url, &amqp_redacted);
 
-        r = amqp_consumer_new(&m->consumer, m->event, &settings, NULL, (uint16_t) MIN(m->concurrency, 65535u),
+        r = amqp_consumer_new(&m->consumer, m->event, &settings, NULL,
+                              (uint16_t) MIN(m->concurrency + m->lookahead, 65535u),
                               on_delivery, m);
         if (r >= 0) {
                 amqp_consumer_set_state_callback(m->consumer, on_consumer_state, m);
@@ -618,9 +672,9 @@ int manager_start(Manager *m) {
                 return log_error_errno(r, "Failed to set up consuming from RabbitMQ: %m");
         amqp_consumer_set_state_callback(m->events, on_events_state, m);
 
-        log_info("Starting worker %s: concurrency %u, heartbeat every %.1f s, stop grace %.1f s, RabbitMQ %s, "
-                 "API %s.",
-                 m->worker_name, m->concurrency, (double) m->heartbeat_interval / USEC_PER_SEC,
+        log_info("Starting worker %s: concurrency %u, lookahead %u, heartbeat every %.1f s, stop grace %.1f s, "
+                 "RabbitMQ %s, API %s.",
+                 m->worker_name, m->concurrency, m->lookahead, (double) m->heartbeat_interval / USEC_PER_SEC,
                  (double) m->stop_grace / USEC_PER_SEC, strna(amqp_redacted), m->api_url);
         (void) sd_notify(false, "STATUS=Connecting to RabbitMQ.");
         return 0;

@@ -11,8 +11,9 @@
 #include "time-util.h"
 
 /* The dtask-worker daemon: one sd-event loop that consumes task ids from RabbitMQ
- * (task_queue, manual acks, prefetch = WORKER_CONCURRENCY), listens to the events fanout
- * (cancel/expire), and runs one Job per task (job.h) through libdtask and the sandbox. */
+ * (task_queue, manual acks, prefetch = WORKER_CONCURRENCY + WORKER_LOOKAHEAD), listens to the
+ * events fanout (cancel/expire), and runs one Job per task (job.h) through libdtask and the
+ * sandbox. */
 
 typedef struct Job Job;
 
@@ -30,6 +31,7 @@ typedef struct Manager {
 
         /* settings */
         unsigned concurrency;
+        unsigned lookahead; /* messages taken ahead while every slot is busy */
         usec_t lease_duration;
         usec_t heartbeat_interval; /* lease / 3 */
         usec_t stop_grace;
@@ -45,6 +47,7 @@ typedef struct Manager {
         Job *jobs;
         unsigned n_jobs;
         bool ready;
+        bool held_back; /* a held message went back: none are taken ahead until a slot frees */
 
         /* claims that failed because the API was unavailable, in a row: the backoff */
         unsigned claim_failures;
@@ -72,3 +75,8 @@ void manager_update_status(Manager *m);
 usec_t manager_claim_outcome(Manager *m, int error);
 /* Counts a final outcome for STATUS= (DtaskStatus). */
 void manager_count_outcome(Manager *m, int status);
+/* A job gave up its slot (its program exited): a held message is claimed now. */
+void manager_slot_freed(Manager *m);
+/* A held message went back to the queue because every slot stayed busy: no more messages are
+ * taken ahead until a slot frees. */
+void manager_hold_expired(Manager *m);

@@ -891,6 +891,13 @@ static int on_hold_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+void job_replace_delivery(Job *j, uint64_t delivery_tag) {
+        assert_return(j->state == JOB_HELD, (void) 0);
+        job_settle(j, true);
+        j->delivery_tag = delivery_tag;
+        j->settled = false;
+}
+
 int job_hold(Job *j, usec_t max) {
         j->state = JOB_HELD;
         return job_arm(j, &j->hold_timer, max, on_hold_timer);

@@ -57,6 +57,9 @@ int job_start(Job *j);
 /* Keeps the message unclaimed until job_start(), at most `max`; then it goes back to the
  * queue and the manager hears of it (manager_hold_expired()). */
 int job_hold(Job *j, usec_t max);
+/* A held job's task came in another message: the first one is acked (dropped), the job goes on
+ * with delivery_tag. */
+void job_replace_delivery(Job *j, uint64_t delivery_tag);
 /* Whether the job takes one of the WORKER_CONCURRENCY slots: claiming, waiting to requeue,
  * or running until its program has exited. */
 bool job_takes_slot(const Job *j);

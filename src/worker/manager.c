@@ -413,6 +413,7 @@ static void on_delivery(AmqpConsumer *c, uint64_t tag, const void *body, size_t 
         Manager *m = userdata;
         _cleanup_free_ char *id = NULL;
         _cleanup_(job_freep) Job *j = NULL;
+        Job *known;
         bool busy;
         int r;
 
@@ -432,7 +433,15 @@ static void on_delivery(AmqpConsumer *c, uint64_t tag, const void *body, size_t 
                 (void) amqp_consumer_reject(c, tag, true);
                 return;
         }
-        if (manager_find_job(m, id)) {
+        known = manager_find_job(m, id);
+        if (known && job_state(known) == JOB_HELD) {
+                /* The held message may be a delivery of a connection since lost, which the broker
+                 * has requeued and now delivers again: keep the one that can still be settled. */
+                log_debug("Task %s: a second message while its first is held; keeping the second.", id);
+                job_replace_delivery(known, tag);
+                return;
+        }
+        if (known) {
                 /* a duplicate (published twice, or redelivered) of a task we are working on */
                 log_info("Task %s is already being handled here; dropping a duplicate message.", id);
                 (void) amqp_consumer_ack(c, tag);

@@ -858,10 +858,11 @@ static void on_claimed(DtaskClient *c, int error, const DtaskTask *task, const D
         }
         (void) manager_claim_outcome(m, 0);
 
-        /* The claim is durable in PostgreSQL. The message stays unacked while the task runs,
-         * so that the broker's prefetch (the concurrency) keeps further messages for idle
-         * workers; should this worker die, the broker hands it to another one, whose claim
-         * is refused (409) and drops it, while dtask-reaper rescues the task from the lease. */
+        /* The claim is durable in PostgreSQL. The message stays unacked until the program
+         * exits, so that the broker's prefetch (concurrency + lookahead) keeps further messages
+         * for idle workers; should this worker die, the broker hands it to another one, whose
+         * claim is refused (409) and drops it, while dtask-reaper rescues the task from the
+         * lease. */
         j->claimed = true;
 
         if (job_take_task(j, task) < 0) {

@@ -11,18 +11,19 @@
 /* One task's life on this worker, from its RabbitMQ message to its final report:
  *
  *   HELD: taken ahead (WORKER_LOOKAHEAD) while every slot is busy, not claimed; claimed the
- *      │  moment a slot frees, or handed back (reject, requeue) after LOOKAHEAD_HOLD
+ *      │  moment a slot frees, or handed back (reject, requeue) after 0.1 s
  *      ▼
  *   CLAIMING ──409/404──▶ ack, drop
  *      │ └──API unreachable/503──▶ REQUEUE_WAIT ──backoff──▶ reject(requeue)
  *      ▼ 200: PostgreSQL holds the claim; the message stays unacked, so that the
- *             broker's prefetch (the concurrency) keeps the next ones for idle workers
+ *             broker's prefetch (concurrency + lookahead) keeps the next ones for idle workers
  *   RUNNING: the sandbox run, a heartbeat every lease/3
  *      │  heartbeat 409 ─▶ kill, report nothing (the task is no longer ours)
  *      │  "cancelled" event ─▶ kill, report nothing (the API has set Cancelled)
  *      │  "expired" event / own TTL timer ─▶ kill, report Expired (the fence decides)
  *      │  shutdown after the grace period ─▶ kill, release (back to Pending)
- *      ▼ the run ended: ack the message (also whenever a claimed job ends otherwise)
+ *      │  the program exited: ack the message, the slot is free (the run's cleanup goes on)
+ *      ▼ the run ended: ack the message unless done (also whenever a claimed job ends otherwise)
  *   REPORTING: complete (or release), retried with backoff while the API is unreachable,
  *      until the task's expiresAt + a margin; the heartbeat keeps the lease meanwhile
  *      ▼ 200 / 409 (fenced: the result of a stale attempt is refused) / deadline

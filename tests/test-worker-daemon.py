@@ -186,8 +186,23 @@ else:
         check(final["statusName"] == "Expired" and final["errorMessage"] == "Task expired due to TTL",
               "expired event: the task is Expired, once")
 
+# a single sandbox UID (WORKER_CONCURRENCY=1 needs no more): the next task must wait for the
+# cleanup of the slot, not find it busy and be released. Each program leaves a child with
+# 150 MB behind, whose teardown keeps the slot busy for a while after the program exited.
 rc = worker.stop()
 check(rc == 0, f"an idle worker stops on SIGTERM with exit 0 (got {rc})")
+one = Worker(queue=queue, routing_key=rkey, api=api.url,
+             extra_env={"LEASE_DURATION": "3s", "SANDBOX_UID_MIN": "61990", "SANDBOX_UID_MAX": "61990"})
+LEAVE_CHILD = ("import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n    b = b'x' * (150 << 20)\n"
+               "    os.write(w, b'.')\n    time.sleep(60)\nos.read(r, 1)\nprint(1, end='')\n")
+try:
+    ts = [create(LEAVE_CHILD, ttl=120, base=api.url, name=f"worker one slot {i}") for i in range(8)]
+    done = [wait_terminal(x["id"], timeout=60, base=api.url) for x in ts]
+    bad = [(r["statusName"], r["attempt"]) for r in done if r["statusName"] != "Completed" or r["attempt"] != 1]
+    check(not bad and "no free sandbox slot" not in one.text(),
+          f"one sandbox UID: 8 tasks in a row complete in attempt 1, none released for want of a slot ({bad})")
+finally:
+    one.stop()
 api.stop()
 
 # ---- shutdown and API outages, with the default lease (30 s) -------------------------------

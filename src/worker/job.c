@@ -676,10 +676,14 @@ static int report_from_result(Job *j, SandboxResult *res) {
 }
 
 /* The program is gone: its slot is free for a held message, and the ack lets the broker
- * deliver the next one, so that claims overlap this run's cleanup and report. */
+ * deliver the next one, so that claims overlap this run's cleanup and report. Unless no other
+ * slot is ready for it (a range of as many UIDs as the concurrency, or shared with other
+ * workers): then the next run needs this run's slot, and all that waits for the end of the run. */
 static void on_run_exited(SandboxRun *run, void *userdata) {
         Job *j = userdata;
 
+        if (sandbox_slots_ready(j->manager->sandbox) <= manager_jobs_claiming(j->manager))
+                return;
         j->exited = true;
         job_settle(j, true);
         manager_slot_freed(j->manager);

@@ -370,6 +370,14 @@ static void manager_start_held(Manager *m) {
         }
 }
 
+unsigned manager_jobs_claiming(Manager *m) {
+        unsigned n = 0;
+
+        for (Job *j = m->jobs; j; j = job_next(j))
+                n += job_state(j) == JOB_CLAIMING;
+        return n;
+}
+
 void manager_slot_freed(Manager *m) {
         manager_start_held(m);
         manager_update_status(m);

@@ -75,6 +75,8 @@ void manager_update_status(Manager *m);
 usec_t manager_claim_outcome(Manager *m, int error);
 /* Counts a final outcome for STATUS= (DtaskStatus). */
 void manager_count_outcome(Manager *m, int status);
+/* Jobs whose claim is on its way: each will need a sandbox slot. */
+unsigned manager_jobs_claiming(Manager *m);
 /* A job gave up its slot (its program exited): a held message is claimed now. */
 void manager_slot_freed(Manager *m);
 /* A held message went back to the queue because every slot stayed busy: no more messages are

@@ -824,6 +824,10 @@ unsigned sandbox_slots(const Sandbox *sb) {
         return (unsigned) (sb->settings.uid_max - sb->settings.uid_min + 1);
 }
 
+unsigned sandbox_slots_ready(const Sandbox *sb) {
+        return (sb->stem.pid > 0) + (unsigned) sb->n_kept;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* slots */
 

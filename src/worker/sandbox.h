@@ -159,6 +159,9 @@ const char *sandbox_cgroup_mode(const Sandbox *sb);
 const char *sandbox_cgroup_root(const Sandbox *sb);
 /* Number of slots (UIDs) in the range: the most runs this process can have at once. */
 unsigned sandbox_slots(const Sandbox *sb);
+/* How many runs started now get a slot at once: the next run's child is prepared in one, and
+ * the slots that earlier runs left clean are still ours. */
+unsigned sandbox_slots_ready(const Sandbox *sb);
 
 /* Starts a run. Copies what it needs from req. Returns < 0 only when nothing was started:
  * -EBUSY when no slot is free, -EINVAL for a bad request, -ENOMEM. Every other failure

@@ -26,7 +26,7 @@ struct Job {
         char id[UUID_STRING_MAX];
         uint64_t delivery_tag;
         bool settled; /* the message was acked or rejected */
-        bool exited;  /* the program has exited: the run's slot is about to be free */
+        bool slot_freed; /* the program exited while another slot was ready: the job takes none */
         bool claimed; /* the claim is durable: the message is acked, never requeued */
         JobState state;
 
@@ -225,7 +225,7 @@ bool job_is_running(const Job *j) {
 }
 
 bool job_takes_slot(const Job *j) {
-        return j->state == JOB_CLAIMING || j->state == JOB_REQUEUE_WAIT || (j->state == JOB_RUNNING && !j->exited);
+        return j->state == JOB_CLAIMING || j->state == JOB_REQUEUE_WAIT || (j->state == JOB_RUNNING && !j->slot_freed);
 }
 
 Job *job_next(const Job *j) {
@@ -684,7 +684,7 @@ static void on_run_exited(SandboxRun *run, void *userdata) {
 
         if (sandbox_slots_ready(j->manager->sandbox) <= manager_jobs_claiming(j->manager))
                 return;
-        j->exited = true;
+        j->slot_freed = true;
         job_settle(j, true);
         manager_slot_freed(j->manager);
 }

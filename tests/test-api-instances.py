@@ -5,6 +5,10 @@
   - two instances over the same PostgreSQL and RabbitMQ: a task created on one is read,
     waited on (?wait=, woken by PostgreSQL NOTIFY from the other) and retried through the
     other;
+  - the task cache of GET /api/tasks/{id} (its entries kept for a minute here, so that only
+    what invalidates them can make a read fresh): changes through the other instance, by SQL
+    by hand (an edit, a DELETE, a TRUNCATE's "*"), through the instance itself,
+    Cache-Control: no-cache, a LISTEN connection lost and regained, another key's task;
   - HTTPS with a self-signed certificate made here: curl --cacert succeeds;
   - dtask-keys unreachable: 503, never 401;
   - SIGTERM: clean exit with status 0."""
@@ -19,8 +23,8 @@ import uuid
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(__file__))
-from test_api_lib import (API, KEY, Instance, check, create, finish, free_port, http, insert_task,  # noqa: E402
-                          key_id, row, sql, wait_for)
+from test_api_lib import (API, KEY, Instance, check, create, deactivate_keys, finish, free_port, http,  # noqa: E402
+                          insert_task, key_id, make_key, row, sql, wait_for)
 
 ME = key_id(KEY)
 
@@ -111,6 +115,85 @@ def test_listener_reconnect():
         b.stop()
 
 
+def silently(statement):
+    """SQL run with the session's triggers off: no NOTIFY, so no cache hears of it."""
+    sql(f"SET session_replication_role = replica; {statement}")
+
+
+def name_on(base, tid, headers=None):
+    r = http("GET", f"/api/tasks/{tid}", base=base, headers=headers)
+    return r.json["name"] if r.status == 200 else r.status
+
+
+def test_task_cache():
+    app = f"dtask-api-test-{uuid.uuid4().hex[:8]}"
+    b = Instance({"PGAPPNAME": app, "TASK_CACHE_TTL": "60s"})
+    listening_sql = (f"SELECT pid FROM pg_stat_activity WHERE application_name = '{app}' "
+                     "AND query LIKE 'LISTEN%'")
+    try:
+        check(wait_for(lambda: sql(listening_sql), 10), "the instance LISTENs on its own connection")
+        tid = insert_task(ME, name="cached")
+        check(name_on(b.url, tid) == "cached", "B reads the task (and caches it)")
+
+        # The cache is used: a change nobody announces is not seen, except with no-cache.
+        silently(f"UPDATE tasks SET name = 'unannounced' WHERE id = '{tid}'")
+        check(name_on(b.url, tid) == "cached", "a change that was not announced is not seen: B answered from its cache")
+        check(name_on(b.url, tid, {"Cache-Control": "no-cache"}) == "unannounced",
+              "Cache-Control: no-cache reads the database")
+        check(name_on(b.url, tid, {"Cache-Control": "max-age=0"}) == "unannounced", "… and so does max-age=0")
+        # ("*" is what a TRUNCATE announces; the table is shared with other tests)
+        silently(f"UPDATE tasks SET name = 'before the star' WHERE id = '{tid}'")
+        sql("SELECT pg_notify('dtask_task_changed', '*')")
+        check(wait_for(lambda: name_on(b.url, tid) == "before the star", 5),
+              "\"*\" on the channel empties the cache")
+
+        # Edits by hand, announced by the triggers of sql/0005.
+        name_on(b.url, tid)
+        sql(f"UPDATE tasks SET name = 'edited by hand' WHERE id = '{tid}'")
+        check(wait_for(lambda: name_on(b.url, tid) == "edited by hand", 5), "an edit of another field by SQL is seen")
+        sql(f"UPDATE tasks SET result = 'r', status = 2, completed_at = now() WHERE id = '{tid}'")
+        check(wait_for(lambda: http("GET", f"/api/tasks/{tid}", base=b.url).json["status"] == 2, 5),
+              "a status change by SQL is seen")
+
+        # Changes through the other instance (the dev instance, A).
+        r = http("POST", f"/api/tasks/{tid}/retry")
+        check(r.status == 200, "retry through A")
+        check(wait_for(lambda: http("GET", f"/api/tasks/{tid}", base=b.url).json["retryCount"] == 1, 5),
+              "B sees the retry made through A")
+
+        # Through B itself: seen at once, in the answer right after.
+        tid2 = insert_task(ME, name="changed through B")
+        check(http("GET", f"/api/tasks/{tid2}", base=b.url).json["status"] == 0, "B caches a Pending task")
+        r = http("POST", f"/api/tasks/{tid2}/cancel", base=b.url)
+        g = http("GET", f"/api/tasks/{tid2}", base=b.url)
+        check(r.status == 200 and g.json["status"] == 5, "a cancel through B is seen by B's next read at once")
+        r = http("PATCH", f"/api/tasks/{tid2}", {"name": "patched on B"}, base=b.url)
+        check(r.status == 200 and name_on(b.url, tid2) == "patched on B", "a PATCH through B too")
+
+        # Another key does not get a task cached for its owner.
+        other, _ = make_key("cache-other-owner", ["tasks:read"])
+        r = http("GET", f"/api/tasks/{tid2}", key=other, base=b.url)
+        check(r.status == 404, f"a cached task is still only its owner's ({r.status})")
+
+        # Deleted by hand: 404.
+        sql(f"DELETE FROM tasks WHERE id = '{tid2}'")
+        check(wait_for(lambda: name_on(b.url, tid2) == 404, 5), "a task deleted by SQL is gone from the cache")
+
+        # Deaf for a while: whatever was cached before is dropped when listening again.
+        name_on(b.url, tid)
+        old = sql(listening_sql)[0][0]
+        sql(f"SELECT pg_terminate_backend({old}, 5000)")
+        silently(f"UPDATE tasks SET name = 'while deaf' WHERE id = '{tid}'")
+        back = wait_for(lambda: (sql(listening_sql) or [[old]])[0][0] != old, 15)
+        check(back, "B listens again on a new connection")
+        check(wait_for(lambda: name_on(b.url, tid) == "while deaf", 2),
+              "after the LISTEN connection came back, B reads what changed while it was deaf")
+
+        sql(f"UPDATE tasks SET status = 5 WHERE id = '{tid}' AND status IN (0, 1)")
+    finally:
+        b.stop()
+
+
 def test_https():
     with tempfile.TemporaryDirectory() as d:
         cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
@@ -168,7 +251,9 @@ def test_bad_config():
 print(f"# dev instance at {API}")
 test_two_instances()
 test_listener_reconnect()
+test_task_cache()
 test_https()
 test_keys_unreachable()
 test_bad_config()
+deactivate_keys()
 finish()

@@ -11,6 +11,7 @@
 #include "manager.h"
 #include "metrics.h"
 #include "routes.h"
+#include "task-cache.h"
 #include "task-store.h"
 #include "waiters.h"
 
@@ -30,6 +31,7 @@ Manager *manager_free(Manager *m) {
         m->dispatch = dispatch_free(m->dispatch);
         m->pool = pg_pool_free(m->pool);
         m->store = task_store_free(m->store);
+        m->cache = task_cache_free(m->cache);
         m->waiters = waiters_free(m->waiters);
         m->metrics = metrics_free(m->metrics);
         free(m->routes);
@@ -84,6 +86,9 @@ static int manager_configure(Manager *m, const ManagerOptions *o) {
         m->idempotency_retention = config_uint(c, "IDEMPOTENCY_RETENTION");
         m->db_timeout = config_uint(c, "DATABASE_TIMEOUT");
         m->max_attempts = (unsigned) config_uint(c, "MAX_ATTEMPTS");
+        r = task_cache_new(&m->cache, config_uint(c, "TASK_CACHE_SIZE"), config_uint(c, "TASK_CACHE_TTL"));
+        if (r < 0)
+                return log_oom();
 
         if (config_is_set(c, "TLS_CERTIFICATE") != config_is_set(c, "TLS_KEY"))
                 return config_error("TLS_CERTIFICATE and TLS_KEY must be set together.");
@@ -146,13 +151,43 @@ void manager_task_changed(Manager *m, const char *id, TaskStatus status, unsigne
         api_bus_task_changed(m->bus, id, status);
 }
 
+/* Payloads on API_NOTIFY_CHANNEL (sql/0001, sql/0005): "<id> <status> <attempt>" for a
+ * change, "<id> deleted", and "*" when the table was truncated. */
+
+/* Runs as each notification is read, before its turn to be delivered: the cache must not
+ * serve a task that PostgreSQL has already said changed. */
+static void on_notify_read(PgListener *l, const char *channel, const char *payload, void *userdata) {
+        Manager *m = userdata;
+        char text[UUID_STRING_MAX], id[UUID_STRING_MAX];
+        size_t n = strcspn(payload, " ");
+
+        if (n == UUID_STRING_MAX - 1) {
+                memcpy(text, payload, n);
+                text[n] = '\0';
+                if (uuid_normalize(text, id) >= 0) {
+                        task_cache_forget(m->cache, id);
+                        return;
+                }
+        }
+        task_cache_clear(m->cache); /* "*", or which task cannot be told: forget them all */
+}
+
 static void on_notify(PgListener *l, const char *channel, const char *payload, void *userdata) {
         Manager *m = userdata;
         char id[UUID_STRING_MAX], status_buf[8];
         unsigned attempt;
         int status;
 
-        /* "<id> <status> <attempt>" from the dtask_task_changed trigger */
+        if (streq(payload, "*")) {
+                waiters_notify_all(m->waiters);
+                api_bus_refresh_counts(m->bus);
+                return;
+        }
+        if (sscanf(payload, "%36s %7s", id, status_buf) == 2 && streq(status_buf, "deleted") && uuid_is_valid(id)) {
+                log_debug("Task %s was deleted.", id);
+                waiters_notify(m->waiters, id, NULL); /* they ask again, and answer 404 */
+                return;
+        }
         if (sscanf(payload, "%36s %7s %u", id, status_buf, &attempt) != 3 || !uuid_is_valid(id)) {
                 log_debug("Ignoring a malformed notification on %s: \"%s\"", channel, payload);
                 return;
@@ -170,6 +205,7 @@ static void on_listener_reconnect(PgListener *l, void *userdata) {
 
         /* Changes announced while we were not listening are lost: everybody looks again. */
         log_info("Listening for task changes again; re-checking %zu waiting request(s).", waiters_count(m->waiters));
+        task_cache_clear(m->cache);
         waiters_notify_all(m->waiters);
         api_bus_refresh_counts(m->bus);
 }
@@ -241,13 +277,14 @@ int manager_start(Manager *m, const ManagerOptions *o) {
         r = pg_pool_new(&m->pool, m->event, m->conninfo, &pool_settings);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the database pool: %m");
-        r = task_store_new(&m->store, m->pool, m->db_timeout);
+        r = task_store_new(&m->store, m->pool, m->db_timeout, m->cache);
         if (r < 0)
                 return log_oom();
         r = pg_listener_new(&m->listener, m->event, m->conninfo, channels, ELEMENTSOF(channels), on_notify,
                             on_listener_reconnect, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up listening for task changes: %m");
+        pg_listener_set_read_callback(m->listener, on_notify_read);
 
         r = auth_new(&m->auth, m->event, config_string(m->config, "KEYS_URL"), config_uint(m->config, "KEY_CACHE_TTL"));
         if (r < 0)

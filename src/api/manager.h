@@ -24,6 +24,7 @@
 typedef struct Auth Auth;
 typedef struct Dispatch Dispatch;
 typedef struct Metrics Metrics;
+typedef struct TaskCache TaskCache;
 typedef struct TaskStore TaskStore;
 typedef struct Waiters Waiters;
 typedef struct ApiBus ApiBus;
@@ -57,6 +58,7 @@ typedef struct Manager {
         PgPool *pool;
         PgListener *listener;
         TaskStore *store;
+        TaskCache *cache;  /* NULL: TASK_CACHE_SIZE=0 */
         bool migrated;
         usec_t db_warned_at; /* CLOCK_MONOTONIC of the last "database unavailable" warning */
         Migrator *migrator;
@@ -85,6 +87,11 @@ static inline bool manager_is_ready(const Manager *m) {
 static inline bool error_is_unavailable(int error) {
         return error == -ENOTCONN || error == -ETIMEDOUT || error == -ECONNRESET || error == -ECONNREFUSED ||
                error == -EAGAIN || error == -EHOSTUNREACH || error == -ECANCELED;
+}
+
+/* The task cache, when it can be trusted: only while notifications of changes arrive. */
+static inline TaskCache *manager_cache(const Manager *m) {
+        return pg_listener_is_ready(m->listener) ? m->cache : NULL;
 }
 
 /* Called for every task status change (from PostgreSQL NOTIFY), for waiters and D-Bus. */

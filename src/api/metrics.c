@@ -303,6 +303,20 @@ int metrics_format(const Metrics *m, const MetricsGauges *g, char **ret) {
                 "# TYPE dtask_api_http_connections gauge\n"
                 "dtask_api_http_connections %" PRIu64 "\n",
                 g->database_connected, g->broker_connected, g->waiters, g->http_connections);
+        if (g->have_task_cache)
+                fprintf(f,
+                        "# HELP dtask_api_task_cache_lookups_total Reads of GET /api/tasks/{id} from the task cache, "
+                        "by result.\n"
+                        "# TYPE dtask_api_task_cache_lookups_total counter\n"
+                        "dtask_api_task_cache_lookups_total{result=\"hit\"} %" PRIu64 "\n"
+                        "dtask_api_task_cache_lookups_total{result=\"miss\"} %" PRIu64 "\n"
+                        "# HELP dtask_api_task_cache_entries Tasks in the task cache.\n"
+                        "# TYPE dtask_api_task_cache_entries gauge\n"
+                        "dtask_api_task_cache_entries %" PRIu64 "\n"
+                        "# HELP dtask_api_task_cache_bytes Memory held by the task cache.\n"
+                        "# TYPE dtask_api_task_cache_bytes gauge\n"
+                        "dtask_api_task_cache_bytes %" PRIu64 "\n",
+                        g->task_cache_hits, g->task_cache_misses, g->task_cache_entries, g->task_cache_bytes);
 
         if (fclose(f) != 0)
                 return -ENOMEM;

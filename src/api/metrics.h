@@ -20,6 +20,8 @@ typedef struct MetricsGauges {
         bool broker_connected;
         uint64_t waiters;
         uint64_t http_connections;
+        bool have_task_cache;                /* false: TASK_CACHE_SIZE=0 */
+        uint64_t task_cache_hits, task_cache_misses, task_cache_entries, task_cache_bytes;
 } MetricsGauges;
 
 /* allow: comma/space separated addresses or CIDR prefixes ("127.0.0.0/8, ::1"), "*" for

@@ -7,6 +7,7 @@
 #include "routes.h"
 #include "task-store.h"
 #include "tasks.h"
+#include "task-cache.h"
 #include "waiters.h"
 
 #define STATS_TIMEOUT_USEC (2 * USEC_PER_SEC)
@@ -66,14 +67,22 @@ typedef struct MetricsCall {
 static void metrics_reply(MetricsCall *c, const TaskStats *stats) {
         Manager *m = c->manager;
         _cleanup_free_ char *text = NULL;
+        TaskCacheStats cache;
         MetricsGauges g = {
                 .have_stats = stats != NULL,
                 .database_connected = pg_pool_is_connected(m->pool),
                 .broker_connected = dispatch_is_connected(m->dispatch),
                 .waiters = waiters_count(m->waiters),
                 .http_connections = http_server_n_connections(m->http),
+                .have_task_cache = m->cache != NULL,
         };
         int r;
+
+        task_cache_stats(m->cache, &cache);
+        g.task_cache_hits = cache.hits;
+        g.task_cache_misses = cache.misses;
+        g.task_cache_entries = cache.entries;
+        g.task_cache_bytes = cache.bytes;
 
         if (stats) {
                 memcpy(g.tasks, stats->counts, sizeof(g.tasks));

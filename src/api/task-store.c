@@ -3,6 +3,7 @@
 #include <stdio.h>
 
 #include "log.h"
+#include "task-cache.h"
 #include "task-sql.h"
 #include "task-store.h"
 #include "uuid-util.h"
@@ -18,6 +19,7 @@ typedef struct PublishedMark {
 struct TaskStore {
         PgPool *pool;
         uint64_t timeout_usec;
+        TaskCache *cache;
 
         PublishedMark marks[MARKS_MAX];
         unsigned n_marks;
@@ -90,6 +92,7 @@ typedef struct StoreOp {
         TaskStoreListCallback list_cb;
         TaskStoreStatsCallback stats_cb;
         void *userdata;
+        char changed[UUID_STRING_MAX]; /* a statement that may change this task: forgotten by the cache */
 
         /* insert with Idempotency-Key: the parameters are kept for the second round */
         char *params[11];
@@ -106,7 +109,7 @@ static StoreOp *store_op_free(StoreOp *op) {
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(StoreOp *, store_op_free);
 
-int task_store_new(TaskStore **ret, PgPool *pool, uint64_t timeout_usec) {
+int task_store_new(TaskStore **ret, PgPool *pool, uint64_t timeout_usec, TaskCache *cache) {
         TaskStore *s;
 
         s = calloc(1, sizeof(TaskStore));
@@ -114,6 +117,7 @@ int task_store_new(TaskStore **ret, PgPool *pool, uint64_t timeout_usec) {
                 return -ENOMEM;
         s->pool = pool;
         s->timeout_usec = timeout_usec;
+        s->cache = cache;
         *ret = s;
         return 0;
 }
@@ -191,6 +195,10 @@ static int task_from_row(const PGresult *r, int row, Task **ret) {
 static void deliver_task(StoreOp *op, int error, const PGresult *result) {
         _cleanup_(task_freep) Task *t = NULL;
         bool applied = true;
+
+        /* Also on failure: whether the change was committed is not known. */
+        if (op->changed[0] != '\0')
+                task_cache_forget(op->store->cache, op->changed);
 
         if (error >= 0) {
                 if (!result || PQntuples(result) == 0)
@@ -323,19 +331,31 @@ static StoreOp *op_new(TaskStore *s, StoreOpKind kind, TaskStoreCallback cb, voi
         return op;
 }
 
-/* Runs a one-row statement. */
-static int run_task_query(TaskStore *s, const char *sql, int n, const char *const *values, TaskStoreCallback cb,
-                          void *userdata) {
+/* Runs a one-row statement. changes: it may change the task of id values[0]. */
+static int run_task_statement(TaskStore *s, const char *sql, int n, const char *const *values, bool changes,
+                              TaskStoreCallback cb, void *userdata) {
         _cleanup_(store_op_freep) StoreOp *op = op_new(s, OP_TASK, cb, userdata);
         int r;
 
         if (!op)
                 return -ENOMEM;
+        if (changes && uuid_normalize(values[0], op->changed) < 0)
+                op->changed[0] = '\0'; /* not a task id: the statement finds nothing */
         r = query(s, op, sql, n, values);
         if (r < 0)
                 return r;
         TAKE_PTR(op);
         return 0;
+}
+
+static int run_task_query(TaskStore *s, const char *sql, int n, const char *const *values, TaskStoreCallback cb,
+                          void *userdata) {
+        return run_task_statement(s, sql, n, values, false, cb, userdata);
+}
+
+static int run_task_change(TaskStore *s, const char *sql, int n, const char *const *values, TaskStoreCallback cb,
+                           void *userdata) {
+        return run_task_statement(s, sql, n, values, true, cb, userdata);
 }
 
 #define FMT_USEC(buf, v) (snprintf((buf), sizeof(buf), "%" PRIu64, (uint64_t) (v)), (buf))
@@ -538,7 +558,7 @@ int task_store_patch(TaskStore *s, const char *id, const char *owner, const Task
                 f & (TASK_PATCH_CODE | TASK_PATCH_LANGUAGE | TASK_PATCH_INPUT_DATA | TASK_PATCH_TTL) ? "true" : "false",
         };
 
-        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+        return run_task_change(s, sql, ELEMENTSOF(values), values, cb, userdata);
 }
 
 int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata) {
@@ -553,7 +573,7 @@ int task_store_retry(TaskStore *s, const char *id, const char *owner, TaskStoreC
                 APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
         const char *values[] = { id, owner };
 
-        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+        return run_task_change(s, sql, ELEMENTSOF(values), values, cb, userdata);
 }
 
 int task_store_cancel(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata) {
@@ -570,7 +590,7 @@ int task_store_cancel(TaskStore *s, const char *id, const char *owner, TaskStore
                 APPLIED_OR_CURRENT("id = $1::uuid AND " OWNER_FILTER);
         const char *values[] = { id, owner };
 
-        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+        return run_task_change(s, sql, ELEMENTSOF(values), values, cb, userdata);
 }
 
 int task_store_claim(TaskStore *s, const char *id, const char *worker, usec_t lease, TaskStoreCallback cb,
@@ -589,7 +609,7 @@ int task_store_claim(TaskStore *s, const char *id, const char *worker, usec_t le
         char lease_buf[32];
         const char *values[] = { id, FMT_USEC(lease_buf, lease), worker };
 
-        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+        return run_task_change(s, sql, ELEMENTSOF(values), values, cb, userdata);
 }
 
 int task_store_heartbeat(TaskStore *s, const char *id, unsigned attempt, usec_t lease, TaskStoreCallback cb,
@@ -632,7 +652,7 @@ int task_store_complete(TaskStore *s, const char *id, const TaskCompletion *c, T
                 c->output_truncated ? "true" : "false",
         };
 
-        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+        return run_task_change(s, sql, ELEMENTSOF(values), values, cb, userdata);
 }
 
 int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStoreCallback cb, void *userdata) {
@@ -651,7 +671,7 @@ int task_store_release(TaskStore *s, const char *id, unsigned attempt, TaskStore
         char attempt_buf[16];
         const char *values[] = { id, FMT_UINT(attempt_buf, attempt) };
 
-        return run_task_query(s, sql, ELEMENTSOF(values), values, cb, userdata);
+        return run_task_change(s, sql, ELEMENTSOF(values), values, cb, userdata);
 }
 
 static int marks_flush(TaskStore *s);

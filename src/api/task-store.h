@@ -31,7 +31,9 @@ typedef struct TaskStats {
 } TaskStats;
 typedef void (*TaskStoreStatsCallback)(int error, const TaskStats *stats, void *userdata);
 
-int task_store_new(TaskStore **ret, PgPool *pool, uint64_t timeout_usec);
+/* cache (may be NULL): forgets each task that a statement here changes (or may have changed). */
+typedef struct TaskCache TaskCache;
+int task_store_new(TaskStore **ret, PgPool *pool, uint64_t timeout_usec, TaskCache *cache);
 TaskStore *task_store_free(TaskStore *s);
 DEFINE_TRIVIAL_CLEANUP_FUNC(TaskStore *, task_store_free);
 

@@ -7,6 +7,7 @@
 #include "json-util.h"
 #include "log.h"
 #include "manager.h"
+#include "task-cache.h"
 #include "task-store.h"
 #include "tasks.h"
 #include "waiters.h"
@@ -37,12 +38,16 @@ struct TaskCall {
         TaskPatch patch;
         TaskCompletion completion;
         unsigned attempt;
+        uint64_t ticket;    /* of the task cache, taken when the query was sent */
         char *idempotency_key;
         uint8_t hash[32];
 
         /* GET /api/tasks */
         TaskStatus status_filter;
         unsigned limit;
+
+        /* GET /api/tasks/{id} */
+        bool no_cache;      /* Cache-Control: no-cache: read the database */
 
         /* GET ?wait= */
         Waiter *waiter;
@@ -76,6 +81,24 @@ bool content_type_is_json(const char *ct) {
         /* application/merge-patch+json, application/problem+json, … */
         return n > STRLEN("application/+json") && strncasecmp(ct, "application/", STRLEN("application/")) == 0 &&
                strncasecmp(ct + n - STRLEN("+json"), "+json", STRLEN("+json")) == 0;
+}
+
+bool cache_control_no_cache(const char *value) {
+        if (!value)
+                return false;
+        for (const char *p = value; *p;) {
+                size_t n, len;
+
+                p += strspn(p, " \t,");
+                len = n = strcspn(p, ",");
+                while (len > 0 && strchr(" \t", p[len - 1]))
+                        len--;
+                if ((len == STRLEN("no-cache") && strncasecmp(p, "no-cache", len) == 0) ||
+                    (len == STRLEN("max-age=0") && strncasecmp(p, "max-age=0", len) == 0))
+                        return true;
+                p += n;
+        }
+        return false;
 }
 
 static const char *owner_filter(const TaskCall *c) {
@@ -147,18 +170,27 @@ static void reply_store_error(TaskCall *c, int error, const char *what) {
         reply_problem(c, 500, "Failed to %s.", what);
 }
 
-static void reply_task(TaskCall *c, unsigned status, const Task *t) {
+/* Replies with t; its JSON text goes into the task cache when t was read with ticket. */
+static void reply_task_caching(TaskCall *c, unsigned status, const Task *t, uint64_t ticket) {
         _cleanup_json_ json_object *o = NULL;
-        int r;
+        const char *text = NULL;
+        size_t size;
 
         if (!c->req)
                 return;
-        r = task_to_json(t, &o);
-        if (r < 0) {
+        if (task_to_json(t, &o) >= 0)
+                text = json_to_string(o, &size);
+        if (!text) {
                 reply_problem(c, 500, "Out of memory.");
                 return;
         }
-        reply_log(http_request_reply_json(c->req, status, o));
+        if (task_cache_put(manager_cache(c->manager), ticket, t, text, size, now_usec(CLOCK_MONOTONIC)) < 0)
+                log_debug("Out of memory: task %s is not cached.", t->id);
+        reply_log(http_request_reply(c->req, status, "application/json", text, size));
+}
+
+static void reply_task(TaskCall *c, unsigned status, const Task *t) {
+        reply_task_caching(c, status, t, 0);
 }
 
 /* ---- authentication ---- */
@@ -377,7 +409,7 @@ static void on_created(int error, Task **task, bool applied, void *userdata) {
                           c->client);
                 if (c->req)
                         (void) http_request_add_header(c->req, "Idempotent-Replayed", "true");
-                reply_task(c, 200, t);
+                reply_task_caching(c, 200, t, c->ticket);
                 return;
         }
 
@@ -386,7 +418,7 @@ static void on_created(int error, Task **task, bool applied, void *userdata) {
         dispatch_task(m->dispatch, t->id, t->retry_count);
         /* PostgreSQL announces changes, not creations (sql/0002): tell D-Bus ourselves. */
         manager_task_changed(m, t->id, t->status, t->attempt);
-        reply_task(c, 201, t);
+        reply_task_caching(c, 201, t, c->ticket);
 }
 
 static bool idempotency_key_is_valid(const char *k) {
@@ -439,6 +471,7 @@ static void step_create(TaskCall *c) {
                 .request_hash = c->hash,
                 .idempotency_retention = m->idempotency_retention,
         };
+        c->ticket = task_cache_ticket(manager_cache(m));
         STORE(c, task_store_insert(m->store, &insert, on_created, c), "create a task");
         return;
 
@@ -469,7 +502,7 @@ static void on_got(int error, Task **task, bool applied, void *userdata) {
                 return;
         }
         if (!c->waiter || c->deadline || task_status_is_terminal((*task)->status)) {
-                reply_task(c, 200, *task);
+                reply_task_caching(c, 200, *task, c->ticket);
                 task_call_free(c);
                 return;
         }
@@ -478,8 +511,36 @@ static void on_got(int error, Task **task, bool applied, void *userdata) {
                 get_query(c);
 }
 
+/* The task as the cache has it: as the database would answer, since every change it was
+ * told of (before any waiter is woken for it) removed the entry. */
+static void got_cached(TaskCall *c, const TaskCacheEntry *e) {
+        const char *owner = owner_filter(c);
+
+        if (owner && !strcaseeq(owner, e->owner_id)) {
+                reply_not_found(c);
+                task_call_free(c);
+                return;
+        }
+        if (!c->waiter || c->deadline || task_status_is_terminal(e->status)) {
+                reply_log(http_request_reply(c->req, 200, "application/json", e->json, e->json_size));
+                task_call_free(c);
+        }
+        /* else not finished yet: keep waiting */
+}
+
 static void get_query(TaskCall *c) {
+        TaskCache *cache = manager_cache(c->manager);
+        const TaskCacheEntry *e;
+
         c->dirty = false;
+        if (!c->no_cache) {
+                e = task_cache_get(cache, c->id, now_usec(CLOCK_MONOTONIC));
+                if (e) {
+                        got_cached(c, e);
+                        return;
+                }
+        }
+        c->ticket = task_cache_ticket(cache);
         STORE(c, task_store_get(c->manager->store, c->id, owner_filter(c), on_got, c), "read a task");
 }
 
@@ -517,6 +578,7 @@ static void step_get(TaskCall *c) {
 
         if (!require_id(c))
                 return;
+        c->no_cache = cache_control_no_cache(http_request_header(c->req, "Cache-Control"));
 
         wait = http_request_query(c->req, "wait");
         if (wait) {

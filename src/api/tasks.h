@@ -19,3 +19,7 @@ int tasks_release(HttpRequest *req, void *userdata);
 
 /* true for application/json and any "+json" media type, parameters ignored. */
 bool content_type_is_json(const char *content_type);
+
+/* Whether a request's Cache-Control asks for the current state (no-cache, max-age=0): GET
+ * then reads the database instead of dtask-api's task cache. */
+bool cache_control_no_cache(const char *value);

@@ -49,6 +49,11 @@ static void test_format(void **state) {
                 .database_connected = true,
                 .waiters = 5,
                 .http_connections = 7,
+                .have_task_cache = true,
+                .task_cache_hits = 90,
+                .task_cache_misses = 10,
+                .task_cache_entries = 8,
+                .task_cache_bytes = 8192,
         };
 
         assert_int_equal(metrics_new(&m, "*"), 0);
@@ -79,12 +84,18 @@ static void test_format(void **state) {
         assert_non_null(strstr(text, "dtask_api_up{dependency=\"postgresql\"} 1\n"));
         assert_non_null(strstr(text, "dtask_api_up{dependency=\"rabbitmq\"} 0\n"));
         assert_non_null(strstr(text, "dtask_api_waiters 5\n"));
+        assert_non_null(strstr(text, "dtask_api_task_cache_lookups_total{result=\"hit\"} 90\n"));
+        assert_non_null(strstr(text, "dtask_api_task_cache_lookups_total{result=\"miss\"} 10\n"));
+        assert_non_null(strstr(text, "dtask_api_task_cache_entries 8\n"));
+        assert_non_null(strstr(text, "dtask_api_task_cache_bytes 8192\n"));
 
-        /* without database statistics the task gauges are left out */
+        /* without database statistics the task gauges are left out, without a cache its figures */
         free(TAKE_PTR(text));
         g.have_stats = false;
+        g.have_task_cache = false;
         assert_int_equal(metrics_format(m, &g, &text), 0);
         assert_null(strstr(text, "dtask_tasks{"));
+        assert_null(strstr(text, "dtask_api_task_cache"));
         assert_non_null(strstr(text, "dtask_api_publish_failures_total 2\n"));
 }
 

@@ -20,12 +20,7 @@ struct Waiters {
 };
 
 static size_t bucket_of(const char *id) {
-        /* FNV-1a over the text; ids are random, any mix will do. */
-        uint32_t h = 2166136261U;
-
-        for (const unsigned char *p = (const unsigned char *) id; *p; p++)
-                h = (h ^ *p) * 16777619U;
-        return h % WAITERS_BUCKETS;
+        return uuid_hash(id) % WAITERS_BUCKETS;
 }
 
 int waiters_new(Waiters **ret) {

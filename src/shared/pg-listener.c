@@ -32,6 +32,7 @@ struct PgListener {
         size_t n_channels;
 
         PgNotifyCallback callback;
+        PgNotifyCallback on_read;
         PgReconnectCallback on_reconnect;
         void *userdata;
 
@@ -57,7 +58,11 @@ static void listener_collect(PgListener *l) {
         PGnotify *pn;
 
         while ((pn = PQnotifies(l->link.conn))) {
-                Notification *n = calloc(1, sizeof(Notification));
+                Notification *n;
+
+                if (l->on_read)
+                        l->on_read(l, pn->relname, strempty(pn->extra), l->userdata);
+                n = calloc(1, sizeof(Notification));
                 if (n) {
                         n->channel = strdup(pn->relname);
                         n->payload = strdup(strempty(pn->extra));
@@ -186,6 +191,14 @@ static void listener_on_io(PgLink *link, uint32_t revents, void *userdata) {
         }
 
         listener_collect(l);
+}
+
+void pg_listener_set_read_callback(PgListener *l, PgNotifyCallback on_read) {
+        l->on_read = on_read;
+}
+
+bool pg_listener_is_ready(const PgListener *l) {
+        return l && l->state == LISTENER_READY;
 }
 
 int pg_listener_new(PgListener **ret, sd_event *event, const char *conninfo, const char *const *channels,

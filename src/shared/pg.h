@@ -79,6 +79,12 @@ int pg_listener_new(PgListener **ret, sd_event *event, const char *conninfo, con
                     void *userdata);
 PgListener *pg_listener_free(PgListener *l);
 DEFINE_TRIVIAL_CLEANUP_FUNC(PgListener *, pg_listener_free);
+/* on_read (optional) sees every notification the moment it is read from the connection,
+ * before its turn to be delivered, and even when copying it for delivery fails: for state
+ * that must not lag behind (a cache to invalidate). It must not free the listener. */
+void pg_listener_set_read_callback(PgListener *l, PgNotifyCallback on_read);
+/* Whether the LISTENs are in place now: notifications of changes committed from here on arrive. */
+bool pg_listener_is_ready(const PgListener *l);
 
 /* Helpers. */
 const char *pg_result_sqlstate(const PGresult *r); /* NULL if none */

@@ -15,3 +15,12 @@ static inline bool uuid_is_valid(const char *s) {
         char buf[UUID_STRING_MAX];
         return s && uuid_normalize(s, buf) >= 0;
 }
+/* FNV-1a over the text of a normalized id, for hash tables: ids are random (the server
+ * makes them), so any mix will do. */
+static inline uint32_t uuid_hash(const char *id) {
+        uint32_t h = 2166136261U;
+
+        for (const unsigned char *p = (const unsigned char *) id; *p; p++)
+                h = (h ^ *p) * 16777619U;
+        return h;
+}

@@ -2,6 +2,7 @@
 -- wrk script of bench/run. BENCH_WRK_MODE selects the request:
 --   create   POST /api/tasks (print(1), named $DTASK_BENCH_NAME, TTL $BENCH_TTL)
 --   get      GET /api/tasks/{id}, id drawn at random from the lines of $BENCH_IDS_FILE
+--            (with BENCH_NO_CACHE=1: Cache-Control: no-cache, so dtask-api reads the database)
 --   auth     GET /api/tasks/not-a-task-id with the key: authenticated (cached key), then
 --            answered 404 without touching the database
 --   noauth   the same without a key: 401 before any key lookup
@@ -21,6 +22,9 @@ if mode == "create" then
    wrk.path = "/api/tasks"
 elseif mode == "get" then
    wrk.headers["X-ApiKey"] = key
+   if os.getenv("BENCH_NO_CACHE") == "1" then
+      wrk.headers["Cache-Control"] = "no-cache"
+   end
    for line in io.lines(os.getenv("BENCH_IDS_FILE")) do
       ids[#ids + 1] = line
    end

@@ -7,8 +7,9 @@
     other;
   - the task cache of GET /api/tasks/{id} (its entries kept for a minute here, so that only
     what invalidates them can make a read fresh): changes through the other instance, by SQL
-    by hand (an edit, a DELETE, a TRUNCATE's "*"), through the instance itself,
-    Cache-Control: no-cache, a LISTEN connection lost and regained, another key's task;
+    by hand (an edit, a DELETE, also of a task waited on, a TRUNCATE's "*"), through the
+    instance itself, Cache-Control: no-cache, a LISTEN connection lost and regained,
+    another key's task;
   - HTTPS with a self-signed certificate made here: curl --cacert succeeds;
   - dtask-keys unreachable: 503, never 401;
   - SIGTERM: clean exit with status 0."""
@@ -29,6 +30,26 @@ from test_api_lib import (API, KEY, Instance, check, create, deactivate_keys, fi
 ME = key_id(KEY)
 
 
+class Waiter:
+    """GET /api/tasks/{tid}?wait=20 through base, in a thread: .r is the response, .t the
+    time it came (time.monotonic()), .elapsed how long it took."""
+
+    def __init__(self, tid, base):
+        self.r, self.t, self.elapsed = None, None, 0.0
+        self.thread = threading.Thread(target=self._run, args=(tid, base))
+        self.thread.start()
+
+    def _run(self, tid, base):
+        t0 = time.monotonic()
+        self.r = http("GET", f"/api/tasks/{tid}?wait=20", base=base, timeout=40)
+        self.t = time.monotonic()
+        self.elapsed = self.t - t0
+
+    def join(self):
+        self.thread.join(30)
+        return self.r
+
+
 def test_two_instances():
     b = Instance()
     try:
@@ -41,23 +62,15 @@ def test_two_instances():
         # Waited on through B while A completes it (the worker part played by this test).
         tid = insert_task(ME, name="waited on B")
         http("POST", f"/api/tasks/{tid}/claim")
-        result = {}
-
-        def wait_b():
-            r = http("GET", f"/api/tasks/{tid}?wait=20", base=b.url, timeout=40)
-            result.update(r=r, t=time.monotonic())
-
-        th = threading.Thread(target=wait_b)
-        th.start()
+        w = Waiter(tid, b.url)
         time.sleep(0.5)
         c = http("POST", f"/api/tasks/{tid}/complete", {"attempt": 1, "status": 2, "result": "from A"})
         done = time.monotonic()
-        th.join(30)
-        r = result.get("r")
+        r = w.join()
         check(c.status == 200 and r is not None and r.status == 200 and r.json["status"] == 2 and r.json["result"] == "from A",
               "?wait on B is answered with the result completed through A")
         if r is not None:
-            check(result["t"] - done <= 0.1, f"…within 100 ms ({(result['t'] - done) * 1000:+.1f} ms)")
+            check(w.t - done <= 0.1, f"…within 100 ms ({(w.t - done) * 1000:+.1f} ms)")
 
         # Retried through B, seen on A.
         r = http("POST", f"/api/tasks/{tid}/retry", base=b.url)
@@ -92,25 +105,16 @@ def test_listener_reconnect():
         check(listening, "the instance LISTENs on its own connection")
         tid = insert_task(ME, name="missed notification")
         http("POST", f"/api/tasks/{tid}/claim")
-        result = {}
-
-        def wait_b():
-            t0 = time.monotonic()
-            r = http("GET", f"/api/tasks/{tid}?wait=20", base=b.url, timeout=40)
-            result.update(r=r, elapsed=time.monotonic() - t0)
-
-        th = threading.Thread(target=wait_b)
-        th.start()
+        w = Waiter(tid, b.url)
         time.sleep(0.5)
         # Terminate the LISTEN backend (waiting until it is gone), then finish the task while
         # nobody of that instance listens: its NOTIFY cannot reach the instance.
         sql(f"SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = '{app}' "
             f"AND query LIKE 'LISTEN%'; UPDATE tasks SET status = 2, result = 'while deaf', completed_at = now() "
             f"WHERE id = '{tid}'")
-        th.join(30)
-        r = result.get("r")
-        check(r is not None and r.status == 200 and r.json["status"] == 2 and result["elapsed"] < 10,
-              f"a waiter is answered after the LISTEN connection came back ({result.get('elapsed', 0):.2f} s)")
+        r = w.join()
+        check(r is not None and r.status == 200 and r.json["status"] == 2 and w.elapsed < 10,
+              f"a waiter is answered after the LISTEN connection came back ({w.elapsed:.2f} s)")
     finally:
         b.stop()
 
@@ -175,9 +179,15 @@ def test_task_cache():
         r = http("GET", f"/api/tasks/{tid2}", key=other, base=b.url)
         check(r.status == 404, f"a cached task is still only its owner's ({r.status})")
 
-        # Deleted by hand: 404.
-        sql(f"DELETE FROM tasks WHERE id = '{tid2}'")
+        # Deleted by hand: 404, also for a request waiting on it.
+        waiting = insert_task(ME, name="deleted while waited on")
+        w = Waiter(waiting, b.url)
+        time.sleep(0.5)
+        sql(f"DELETE FROM tasks WHERE id IN ('{tid2}', '{waiting}')")
         check(wait_for(lambda: name_on(b.url, tid2) == 404, 5), "a task deleted by SQL is gone from the cache")
+        r = w.join()
+        check(r is not None and r.status == 404 and w.elapsed < 5,
+              f"a ?wait= on a task deleted meanwhile is answered 404 at once ({w.elapsed:.2f} s)")
 
         # Deaf for a while: whatever was cached before is dropped when listening again.
         name_on(b.url, tid)

@@ -1,20 +1,19 @@
 /* SPDX-License-Identifier: MIT */
-#include <assert.h>
-
+#include "lru-map.h"
 #include "task-cache.h"
 
 /* Forgotten ids leave their sequence number in one of these slots (by hash). A read whose
  * ticket is older than its slot's number is not stored: ids sharing a slot only cost a miss. */
 #define STAMPS 1024U
+/* What an entry costs beside its JSON text: the map's entry (links, key) and ours. */
+#define ENTRY_OVERHEAD (128 + sizeof(TaskCacheEntry))
+/* The smallest entry there can be (a task's JSON is ~350 bytes at least): bounds the count. */
+#define ENTRY_MIN (ENTRY_OVERHEAD + 256)
 
 struct TaskCache {
+        LruMap *map;            /* task id → TaskCacheEntry */
         uint64_t max_bytes, bytes;
         usec_t max_age;
-
-        TaskCacheEntry **buckets;
-        size_t n_buckets;       /* a power of two */
-        size_t n_entries;
-        TaskCacheEntry *lru_head, *lru_tail; /* head: used last */
 
         uint64_t seq;           /* counts the forgets and clears; tickets are its values */
         uint64_t cleared_at;    /* seq of the last clear */
@@ -23,31 +22,40 @@ struct TaskCache {
         uint64_t hits, misses;
 };
 
-static size_t entry_bytes(const TaskCacheEntry *e) {
-        return sizeof(TaskCacheEntry) + e->json_size + 1;
+static void entry_release(TaskCache *c, TaskCacheEntry *e) {
+        c->bytes -= ENTRY_OVERHEAD + e->json_size + 1;
+        e->json = mfree(e->json);
+}
+
+static void on_evict(const char *key, void *value, void *userdata) {
+        entry_release(userdata, value);
+}
+
+static void remove_id(TaskCache *c, const char *id) {
+        TaskCacheEntry *e = lru_map_get(c->map, id);
+
+        if (e) {
+                entry_release(c, e);
+                (void) lru_map_remove(c->map, id);
+        }
 }
 
 int task_cache_new(TaskCache **ret, uint64_t max_bytes, usec_t max_age) {
         TaskCache *c;
-        size_t n = 64;
+        int r;
 
         *ret = NULL;
         if (max_bytes == 0)
                 return 0;
 
-        /* about one bucket per typical entry (~1 KiB with its JSON) */
-        while (n < 65536 && n * 1024 < max_bytes)
-                n <<= 1;
-
         c = calloc(1, sizeof(TaskCache));
         if (!c)
                 return -ENOMEM;
-        c->buckets = calloc(n, sizeof(TaskCacheEntry *));
-        if (!c->buckets) {
+        r = lru_map_new(&c->map, MAX(max_bytes / ENTRY_MIN, (uint64_t) 1), sizeof(TaskCacheEntry), on_evict, c);
+        if (r < 0) {
                 free(c);
-                return -ENOMEM;
+                return r;
         }
-        c->n_buckets = n;
         c->max_bytes = max_bytes;
         c->max_age = max_age;
         c->seq = 1; /* ticket 0 means "do not store" */
@@ -55,57 +63,11 @@ int task_cache_new(TaskCache **ret, uint64_t max_bytes, usec_t max_age) {
         return 0;
 }
 
-static TaskCacheEntry **bucket_of(TaskCache *c, const char *id) {
-        return &c->buckets[uuid_hash(id) & (c->n_buckets - 1)];
-}
-
-static void lru_unlink(TaskCache *c, TaskCacheEntry *e) {
-        if (e->lru_prev)
-                e->lru_prev->lru_next = e->lru_next;
-        else
-                c->lru_head = e->lru_next;
-        if (e->lru_next)
-                e->lru_next->lru_prev = e->lru_prev;
-        else
-                c->lru_tail = e->lru_prev;
-        e->lru_prev = e->lru_next = NULL;
-}
-
-static void lru_push(TaskCache *c, TaskCacheEntry *e) {
-        e->lru_prev = NULL;
-        e->lru_next = c->lru_head;
-        if (c->lru_head)
-                c->lru_head->lru_prev = e;
-        c->lru_head = e;
-        if (!c->lru_tail)
-                c->lru_tail = e;
-}
-
-static TaskCacheEntry *find(TaskCache *c, const char *id) {
-        for (TaskCacheEntry *e = *bucket_of(c, id); e; e = e->bucket_next)
-                if (streq(e->id, id))
-                        return e;
-        return NULL;
-}
-
-static void entry_remove(TaskCache *c, TaskCacheEntry *e) {
-        TaskCacheEntry **link = bucket_of(c, e->id);
-
-        while (*link != e)
-                link = &(*link)->bucket_next;
-        *link = e->bucket_next;
-        lru_unlink(c, e);
-        assert(c->bytes >= entry_bytes(e) && c->n_entries > 0);
-        c->bytes -= entry_bytes(e);
-        c->n_entries--;
-        free(e);
-}
-
 TaskCache *task_cache_free(TaskCache *c) {
         if (!c)
                 return NULL;
         task_cache_clear(c);
-        free(c->buckets);
+        lru_map_free(c->map);
         return mfree(c);
 }
 
@@ -114,17 +76,15 @@ const TaskCacheEntry *task_cache_get(TaskCache *c, const char *id, usec_t now) {
 
         if (!c)
                 return NULL;
-        e = find(c, id);
+        e = lru_map_get(c->map, id);
         if (e && now >= e->stored_at + c->max_age) {
-                entry_remove(c, e);
+                remove_id(c, id);
                 e = NULL;
         }
         if (!e) {
                 c->misses++;
                 return NULL;
         }
-        lru_unlink(c, e);
-        lru_push(c, e);
         c->hits++;
         return e;
 }
@@ -135,63 +95,70 @@ uint64_t task_cache_ticket(TaskCache *c) {
 
 int task_cache_put(TaskCache *c, uint64_t ticket, const Task *t, const char *json, size_t json_size, usec_t now) {
         TaskCacheEntry *e;
+        char *copy;
 
         if (!c || ticket == 0 || ticket < c->cleared_at || ticket < c->stamps[uuid_hash(t->id) % STAMPS])
                 return 0;
-        if (c->max_age == 0 || json_size > c->max_bytes / 16)
+        if (c->max_age == 0 || ENTRY_OVERHEAD + json_size + 1 > c->max_bytes / 16)
                 return 0;
 
-        e = find(c, t->id);
-        if (e)
-                entry_remove(c, e);
-        e = malloc(sizeof(TaskCacheEntry) + json_size + 1);
-        if (!e)
+        copy = malloc(json_size + 1);
+        if (!copy)
                 return -ENOMEM;
+        memcpy(copy, json, json_size);
+        copy[json_size] = '\0';
+        remove_id(c, t->id);
+        e = lru_map_ensure(c->map, t->id, NULL); /* may evict the oldest (on_evict) */
+        if (!e) {
+                free(copy);
+                return -errno;
+        }
         *e = (TaskCacheEntry) {
                 .status = t->status,
                 .stored_at = now,
                 .json_size = json_size,
+                .json = copy,
         };
-        memcpy(e->id, t->id, UUID_STRING_MAX);
         memcpy(e->owner_id, t->owner_id, UUID_STRING_MAX);
-        memcpy(e->json, json, json_size);
-        e->json[json_size] = '\0';
+        c->bytes += ENTRY_OVERHEAD + json_size + 1;
 
-        while (c->lru_tail && c->bytes + entry_bytes(e) > c->max_bytes)
-                entry_remove(c, c->lru_tail);
-        e->bucket_next = *bucket_of(c, e->id);
-        *bucket_of(c, e->id) = e;
-        lru_push(c, e);
-        c->bytes += entry_bytes(e);
-        c->n_entries++;
+        while (c->bytes > c->max_bytes) {
+                const char *oldest;
+
+                e = lru_map_oldest(c->map, &oldest);
+                if (!e)
+                        break;
+                entry_release(c, e);
+                (void) lru_map_remove(c->map, oldest);
+        }
         return 1;
 }
 
 void task_cache_forget(TaskCache *c, const char *id) {
-        TaskCacheEntry *e;
-
         if (!c)
                 return;
         /* Stamped past every ticket handed out so far: ticket < seq after the increment. */
         c->stamps[uuid_hash(id) % STAMPS] = ++c->seq;
-        e = find(c, id);
-        if (e)
-                entry_remove(c, e);
+        remove_id(c, id);
+}
+
+static bool clear_visit(const char *key, void *value, void *userdata) {
+        entry_release(userdata, value);
+        return true;
 }
 
 void task_cache_clear(TaskCache *c) {
         if (!c)
                 return;
         c->cleared_at = ++c->seq;
-        while (c->lru_head)
-                entry_remove(c, c->lru_head);
+        lru_map_visit(c->map, clear_visit, c);
 }
 
 void task_cache_stats(const TaskCache *c, TaskCacheStats *ret) {
         *ret = c ? (TaskCacheStats) {
                 .hits = c->hits,
                 .misses = c->misses,
-                .entries = c->n_entries,
+                .entries = lru_map_size(c->map),
                 .bytes = c->bytes,
         } : (TaskCacheStats) {};
 }

@@ -7,8 +7,8 @@
 #include "uuid-util.h"
 
 /* TaskCache: the JSON of recently read tasks, so that GET /api/tasks/{id} of a task that did
- * not change answers without the database. Bounded in bytes (least recently used entries go
- * first) and in age. It is only as fresh as what it is told: the owner forgets a task when
+ * not change answers without the database. An LruMap by task id, bounded in bytes (least
+ * recently used entries go first) and in age. It is only as fresh as what it is told: the owner forgets a task when
  * it changes it and when PostgreSQL announces a change (every visible change is announced,
  * sql/0005), and clears everything when it may have missed announcements.
  *
@@ -20,17 +20,13 @@
 
 typedef struct TaskCache TaskCache;
 
-typedef struct TaskCacheEntry TaskCacheEntry;
-struct TaskCacheEntry {
-        char id[UUID_STRING_MAX];
+typedef struct TaskCacheEntry {
         char owner_id[UUID_STRING_MAX];
         TaskStatus status;
         usec_t stored_at;      /* CLOCK_MONOTONIC */
-        TaskCacheEntry *bucket_next;
-        TaskCacheEntry *lru_prev, *lru_next;
         size_t json_size;
-        char json[];           /* the task's JSON text, NUL-terminated */
-};
+        char *json;            /* the task's JSON text, NUL-terminated */
+} TaskCacheEntry;
 
 typedef struct TaskCacheStats {
         uint64_t hits, misses;

@@ -3,7 +3,7 @@
 
 #include "macro.h"
 
-/* A bounded map from short strings (client addresses, key ids) to fixed-size values,
+/* A bounded map from short strings (client addresses, key ids, task ids) to fixed-size values,
  * with least-recently-used eviction: the memory of per-client state stays bounded
  * whatever clients do. Buckets are chosen with SipHash under a random key
  * (crypto_shorthash), so that clients cannot pick addresses that collide. */
@@ -25,6 +25,9 @@ void *lru_map_get(LruMap *m, const char *key);
  * entry when full). NULL with errno set (EINVAL: key too long; ENOMEM). */
 void *lru_map_ensure(LruMap *m, const char *key, bool *ret_created);
 bool lru_map_remove(LruMap *m, const char *key);
+/* The value of the least recently used entry (its key in *ret_key), or NULL when empty; not
+ * marked as used. */
+void *lru_map_oldest(LruMap *m, const char **ret_key);
 size_t lru_map_size(const LruMap *m);
 
 /* Visits every entry from the least to the most recently used; the callback may

@@ -23,6 +23,7 @@ static bool remove_odd(const char *key, void *value, void *userdata) {
 
 static void test_lru(void **state) {
         _cleanup_(lru_map_freep) LruMap *m = NULL;
+        const char *oldest = NULL;
         char key[16];
         bool created;
         int *v;
@@ -61,6 +62,21 @@ static void test_lru(void **state) {
         assert_true(lru_map_remove(m, "k4"));
         assert_false(lru_map_remove(m, "k4"));
         assert_int_equal(lru_map_size(m), 3);
+
+        /* the oldest, without touching it: k2, then k3, k0 */
+        for (int i = 0; i < 2; i++) {
+                v = lru_map_oldest(m, &oldest);
+                assert_non_null(v);
+                assert_string_equal(oldest, "k2");
+                assert_int_equal(*v, 2);
+        }
+        assert_true(lru_map_remove(m, oldest));
+        assert_non_null(lru_map_oldest(m, &oldest));
+        assert_string_equal(oldest, "k3");
+        assert_true(lru_map_remove(m, "k3"));
+        assert_true(lru_map_remove(m, "k0"));
+        assert_null(lru_map_oldest(m, &oldest));
+        assert_null(lru_map_oldest(NULL, NULL));
 }
 
 static void test_visit_and_many(void **state) {

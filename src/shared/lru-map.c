@@ -204,6 +204,14 @@ bool lru_map_remove(LruMap *m, const char *key) {
         return true;
 }
 
+void *lru_map_oldest(LruMap *m, const char **ret_key) {
+        if (!m || !m->oldest)
+                return NULL;
+        if (ret_key)
+                *ret_key = m->oldest->key;
+        return m->oldest->value;
+}
+
 size_t lru_map_size(const LruMap *m) {
         return m ? m->n_entries : 0;
 }

@@ -565,10 +565,14 @@ static void count_schedule(ApiBus *b, usec_t delay) {
                 return;
         if (b->count_timer) {
                 int enabled = SD_EVENT_OFF;
+                uint64_t when, now;
 
+                /* Armed already: enough when it fires within delay. It may be armed for the next
+                 * full count, seconds away, while a change wants the live counts within one. */
                 (void) sd_event_source_get_enabled(b->count_timer, &enabled);
-                if (enabled != SD_EVENT_OFF)
-                        return; /* already due */
+                if (enabled != SD_EVENT_OFF && sd_event_source_get_time(b->count_timer, &when) >= 0 &&
+                    sd_event_now(b->manager->event, CLOCK_MONOTONIC, &now) >= 0 && when <= now + delay)
+                        return;
                 r = sd_event_source_set_time_relative(b->count_timer, delay);
                 if (r >= 0)
                         r = sd_event_source_set_enabled(b->count_timer, SD_EVENT_ONESHOT);

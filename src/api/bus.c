@@ -13,10 +13,13 @@
 /* After changes the live counts (Pending, InProgress: read through the index of live tasks,
  * so a count costs as much as the backlog is long) are refreshed within
  * COUNTS_DEBOUNCE_USEC; the terminal ones, a scan of the whole history, at most every
- * COUNTS_FULL_INTERVAL_USEC. Under steady work these counts were a sixth of PostgreSQL's
+ * COUNTS_FULL_INTERVAL_USEC, and at most 1/COUNTS_FULL_SHARE of the time: a history of
+ * millions of tasks takes seconds to count, and would otherwise keep a backend of every
+ * dtask-api instance busy. Under steady work these counts were a sixth of PostgreSQL's
  * time per task at 0.2 s and 2 s. */
 #define COUNTS_DEBOUNCE_USEC (1 * USEC_PER_SEC)
 #define COUNTS_FULL_INTERVAL_USEC (10 * USEC_PER_SEC)
+#define COUNTS_FULL_SHARE 100U
 #define LIST_LIMIT_DEFAULT 100U
 #define LIST_LIMIT_MAX 1000U
 
@@ -33,11 +36,13 @@ struct ApiBus {
         bool recount;           /* changes came in while counting */
         bool full_due;          /* the terminal counts may be out of date */
         usec_t full_counted_at; /* CLOCK_MONOTONIC start of the last count of every status */
+        usec_t full_took;       /* how long that count took */
 };
 
 struct CountQuery {
         ApiBus *bus; /* NULL once the bus object is gone */
         bool full;   /* every status, not only the live ones */
+        usec_t sent; /* CLOCK_MONOTONIC */
 };
 
 typedef enum BusOp {
@@ -488,6 +493,10 @@ static const sd_bus_vtable manager_vtable[] = {
 
 static void count_schedule(ApiBus *b, usec_t delay);
 
+static usec_t full_interval(const ApiBus *b) {
+        return MAX(COUNTS_FULL_INTERVAL_USEC, COUNTS_FULL_SHARE * b->full_took);
+}
+
 static void on_counted(int error, const TaskStats *stats, void *userdata) {
         _cleanup_free_ CountQuery *q = userdata;
         ApiBus *b = q->bus;
@@ -498,6 +507,15 @@ static void on_counted(int error, const TaskStats *stats, void *userdata) {
         if (!b)
                 return; /* the bus object is gone */
         b->counting = NULL;
+        if (q->full && error >= 0) {
+                usec_t now = now_usec(CLOCK_MONOTONIC);
+
+                b->full_took = now > q->sent ? now - q->sent : 0;
+                if (b->full_took * COUNTS_FULL_SHARE > COUNTS_FULL_INTERVAL_USEC)
+                        log_debug("Counting every task took %" PRIu64 " ms; the next count in %" PRIu64
+                                  " s at the earliest.", b->full_took / USEC_PER_MSEC,
+                                  full_interval(b) / USEC_PER_SEC);
+        }
 
         if (error < 0) {
                 log_debug_errno(error, "Failed to count tasks for D-Bus: %m");
@@ -523,7 +541,7 @@ static void on_counted(int error, const TaskStats *stats, void *userdata) {
                 b->recount = false;
                 count_schedule(b, COUNTS_DEBOUNCE_USEC);
         } else if (b->full_due) {
-                usec_t now = now_usec(CLOCK_MONOTONIC), due = b->full_counted_at + COUNTS_FULL_INTERVAL_USEC;
+                usec_t now = now_usec(CLOCK_MONOTONIC), due = b->full_counted_at + full_interval(b);
 
                 count_schedule(b, MAX(due > now ? due - now : 0, COUNTS_DEBOUNCE_USEC));
         }
@@ -544,7 +562,8 @@ static int on_count_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         if (!q)
                 return log_oom();
         q->bus = b;
-        q->full = b->full_due && (b->full_counted_at == 0 || usec >= b->full_counted_at + COUNTS_FULL_INTERVAL_USEC);
+        q->sent = now_usec(CLOCK_MONOTONIC);
+        q->full = b->full_due && (b->full_counted_at == 0 || usec >= b->full_counted_at + full_interval(b));
         r = task_store_stats(b->manager->store, !q->full, on_counted, q);
         if (r < 0) {
                 log_debug_errno(r, "Failed to count tasks for D-Bus: %m");

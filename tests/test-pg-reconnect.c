@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* PgPool and PgListener survive a PostgreSQL restart: the same pool object serves
  * queries again afterwards, and the listener reconnects, calls on_reconnect and receives
- * a NOTIFY sent after the restart.
+ * a NOTIFY sent after the restart; pg_listener_is_ready() says false while it is down, and
+ * its read callback sees every notification no later than the delivery.
  *
  * Needs DTASK_DATABASE_URL and a way to restart the server: `tools/dev stop|start
  * postgres` (DTASK_ROOT, as exported by tools/dev test), else pg_ctl on DTASK_PG_DATA
@@ -161,6 +162,7 @@ static Outcome query(PgPool *p, const char *sql, int n, const char *const *value
 
 typedef struct Listen {
         unsigned received, reconnects;
+        unsigned read; /* seen by the read callback, before delivery */
         char channel[64], payload[64];
         char want[64];
         unsigned matched;
@@ -173,6 +175,11 @@ static void notify_cb(PgListener *l, const char *channel, const char *payload, v
         snprintf(s->payload, sizeof s->payload, "%s", payload);
         if (streq(payload, s->want))
                 s->matched++;
+}
+
+static void read_cb(PgListener *l, const char *channel, const char *payload, void *userdata) {
+        Listen *s = userdata;
+        s->read++;
 }
 
 static void reconnect_cb(PgListener *l, void *userdata) {
@@ -210,6 +217,7 @@ static void test_restart(void **state) {
 
         assert_int_equal(pg_pool_new(&p, event, database_url, &settings), 0);
         assert_int_equal(pg_listener_new(&l, event, database_url, channels, 1, notify_cb, reconnect_cb, &s), 0);
+        pg_listener_set_read_callback(l, read_cb);
 
         /* Before: queries work, the listener hears us. */
         for (int i = 0; i < 5; i++) {
@@ -220,6 +228,8 @@ static void test_restart(void **state) {
         assert_true(notify_until_received(p, &s, channel, "before"));
         assert_string_equal(s.channel, channel);
         assert_int_equal(s.reconnects, 0);
+        assert_true(s.read >= s.received && s.received > 0);
+        assert_true(pg_listener_is_ready(l));
 
         o = query(p, "SELECT pg_postmaster_start_time()", 0, NULL, 0);
         assert_int_equal(o.error, 0);
@@ -239,6 +249,7 @@ static void test_restart(void **state) {
         assert_int_equal(running.error, -ECONNRESET);
         run_for(1500 * USEC_PER_MSEC);
         assert_false(pg_pool_is_connected(p));
+        assert_false(pg_listener_is_ready(l));
         o = query(p, "SELECT 1", 0, NULL, 500 * USEC_PER_MSEC);
         assert_int_equal(o.error, -ENOTCONN);
 
@@ -273,6 +284,8 @@ static void test_restart(void **state) {
         assert_int_equal(n.error, 0);
         assert_true(run_until(&s.matched, 1, 10 * USEC_PER_SEC));
         assert_string_equal(s.payload, "after");
+        assert_true(pg_listener_is_ready(l));
+        assert_true(s.read >= s.received);
 }
 
 /* A restart while the loop is not running (the connections still look fine): the

@@ -5,9 +5,9 @@
 #include "manager.h"
 #include "metrics.h"
 #include "routes.h"
+#include "task-cache.h"
 #include "task-store.h"
 #include "tasks.h"
-#include "task-cache.h"
 #include "waiters.h"
 
 #define STATS_TIMEOUT_USEC (2 * USEC_PER_SEC)

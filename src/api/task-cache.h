@@ -8,9 +8,10 @@
 
 /* TaskCache: the JSON of recently read tasks, so that GET /api/tasks/{id} of a task that did
  * not change answers without the database. An LruMap by task id, bounded in bytes (least
- * recently used entries go first) and in age. It is only as fresh as what it is told: the owner forgets a task when
- * it changes it and when PostgreSQL announces a change (every visible change is announced,
- * sql/0005), and clears everything when it may have missed announcements.
+ * recently used entries go first) and in age. It is only as fresh as what it is told: the
+ * owner forgets a task when it changes it and when PostgreSQL announces a change (every
+ * visible change is announced, sql/0005), and clears everything when it may have missed
+ * announcements.
  *
  * A read races with the changes announced while it is in flight: ask for a ticket before
  * sending the query and hand it to task_cache_put() with the answer, which is dropped when
@@ -46,7 +47,8 @@ const TaskCacheEntry *task_cache_get(TaskCache *c, const char *id, usec_t now);
 uint64_t task_cache_ticket(TaskCache *c);
 
 /* Stores (or replaces) the JSON text of task t read with ticket, unless t was forgotten since
- * then or the text is larger than a sixteenth of the cache. The text is copied. */
+ * then or the entry would take more than a sixteenth of the cache. The text is copied.
+ * 1 when stored, 0 when not, -ENOMEM. */
 int task_cache_put(TaskCache *c, uint64_t ticket, const Task *t, const char *json, size_t json_size, usec_t now);
 
 /* id changed (or may have): its entry goes, and reads in flight for it will not be stored. */

@@ -10,11 +10,13 @@
     by hand (an edit, a DELETE, also of a task waited on, a TRUNCATE's "*"), through the
     instance itself, Cache-Control: no-cache, a LISTEN connection lost and regained,
     another key's task;
+  - /metrics: the finished counts reused for 10 s, then counted again;
   - HTTPS with a self-signed certificate made here: curl --cacert succeeds;
   - dtask-keys unreachable: 503, never 401;
   - SIGTERM: clean exit with status 0."""
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -204,6 +206,31 @@ def test_task_cache():
         b.stop()
 
 
+def metric(base, name):
+    text = http("GET", "/metrics", key=None, base=base).body.decode()
+    m = re.search(r"^" + re.escape(name) + r" (\d+)$", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def test_metrics_counts():
+    """/metrics counts the finished tasks at most every 10 s (task_stats_full_interval());
+    the live ones on every scrape."""
+    b = Instance()
+    try:
+        cancelled = 'dtask_tasks{status="Cancelled"}'
+        first = metric(b.url, cancelled)  # the first scrape counts everything
+        check(first is not None, f"/metrics has {cancelled} ({first})")
+        insert_task(ME, status=5, name="cancelled for the metrics")
+        check(metric(b.url, cancelled) == first,
+              "a scrape right after reuses the finished counts of the last full count")
+        t0 = time.monotonic()
+        changed = wait_for(lambda: metric(b.url, cancelled) != first, 15, 0.5)
+        check(changed and 9 <= time.monotonic() - t0 <= 15,
+              f"…and counts them again after 10 s ({time.monotonic() - t0:.1f} s)")
+    finally:
+        b.stop()
+
+
 def test_https():
     with tempfile.TemporaryDirectory() as d:
         cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
@@ -262,6 +289,7 @@ print(f"# dev instance at {API}")
 test_two_instances()
 test_listener_reconnect()
 test_task_cache()
+test_metrics_counts()
 test_https()
 test_keys_unreachable()
 test_bad_config()

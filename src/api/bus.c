@@ -12,14 +12,10 @@
 #define BUS_ERROR_UNAVAILABLE "org.dtask.Tasks1.Error.Unavailable"
 /* After changes the live counts (Pending, InProgress: read through the index of live tasks,
  * so a count costs as much as the backlog is long) are refreshed within
- * COUNTS_DEBOUNCE_USEC; the terminal ones, a scan of the whole history, at most every
- * COUNTS_FULL_INTERVAL_USEC, and at most 1/COUNTS_FULL_SHARE of the time: a history of
- * millions of tasks takes seconds to count, and would otherwise keep a backend of every
- * dtask-api instance busy. Under steady work these counts were a sixth of PostgreSQL's
- * time per task at 0.2 s and 2 s. */
+ * COUNTS_DEBOUNCE_USEC; the terminal ones, a scan of the whole history, as rarely as
+ * task_stats_full_interval() says. Under steady work these counts were a sixth of
+ * PostgreSQL's time per task at 0.2 s and 2 s. */
 #define COUNTS_DEBOUNCE_USEC (1 * USEC_PER_SEC)
-#define COUNTS_FULL_INTERVAL_USEC (10 * USEC_PER_SEC)
-#define COUNTS_FULL_SHARE 100U
 #define LIST_LIMIT_DEFAULT 100U
 #define LIST_LIMIT_MAX 1000U
 
@@ -494,7 +490,7 @@ static const sd_bus_vtable manager_vtable[] = {
 static void count_schedule(ApiBus *b, usec_t delay);
 
 static usec_t full_interval(const ApiBus *b) {
-        return MAX(COUNTS_FULL_INTERVAL_USEC, COUNTS_FULL_SHARE * b->full_took);
+        return task_stats_full_interval(b->full_took);
 }
 
 static void on_counted(int error, const TaskStats *stats, void *userdata) {
@@ -511,7 +507,7 @@ static void on_counted(int error, const TaskStats *stats, void *userdata) {
                 usec_t now = now_usec(CLOCK_MONOTONIC);
 
                 b->full_took = now > q->sent ? now - q->sent : 0;
-                if (b->full_took * COUNTS_FULL_SHARE > COUNTS_FULL_INTERVAL_USEC)
+                if (full_interval(b) > TASK_STATS_FULL_INTERVAL_USEC)
                         log_debug("Counting every task took %" PRIu64 " ms; the next count in %" PRIu64
                                   " s at the earliest.", b->full_took / USEC_PER_MSEC,
                                   full_interval(b) / USEC_PER_SEC);

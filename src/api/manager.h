@@ -67,6 +67,10 @@ typedef struct Manager {
         Dispatch *dispatch;
         Waiters *waiters;
         Metrics *metrics;
+        /* /metrics: the last count of every status, whose finished counts are reused while
+         * another is not due (task_stats_full_interval()) */
+        uint64_t metrics_counts[_TASK_STATUS_MAX];
+        usec_t metrics_counted_at, metrics_count_took; /* CLOCK_MONOTONIC; 0: never */
         ApiBus *bus;
 } Manager;
 

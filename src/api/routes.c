@@ -62,6 +62,8 @@ static int handle_dashboard(HttpRequest *req, void *userdata) {
 typedef struct MetricsCall {
         Manager *manager;
         HttpRequest *req; /* NULL once the server dropped the request */
+        bool full;        /* every status counted, not only the live ones */
+        usec_t sent;      /* CLOCK_MONOTONIC */
 } MetricsCall;
 
 static void metrics_reply(MetricsCall *c, const TaskStats *stats) {
@@ -101,12 +103,31 @@ static void metrics_reply(MetricsCall *c, const TaskStats *stats) {
 
 static void on_stats(int error, const TaskStats *stats, void *userdata) {
         _cleanup_free_ MetricsCall *c = userdata;
+        Manager *m = c->manager;
+        TaskStats merged;
 
-        if (!c->req)
-                return;
-        if (error < 0)
+        if (error < 0) {
                 log_debug_errno(error, "Failed to count tasks for /metrics: %m");
-        metrics_reply(c, error < 0 ? NULL : stats);
+                if (c->req)
+                        metrics_reply(c, NULL);
+                return;
+        }
+        if (c->full) {
+                usec_t now = now_usec(CLOCK_MONOTONIC);
+
+                memcpy(m->metrics_counts, stats->counts, sizeof(m->metrics_counts));
+                m->metrics_counted_at = c->sent;
+                m->metrics_count_took = now > c->sent ? now - c->sent : 0;
+        } else {
+                /* the live counts as they are now, the finished ones of the last full count */
+                merged = *stats;
+                for (TaskStatus s = 0; s < _TASK_STATUS_MAX; s++)
+                        if (task_status_is_terminal(s))
+                                merged.counts[s] = m->metrics_counts[s];
+                stats = &merged;
+        }
+        if (c->req)
+                metrics_reply(c, stats);
 }
 
 static void on_metrics_abort(HttpRequest *req, void *userdata) {
@@ -137,7 +158,10 @@ static int handle_metrics(HttpRequest *req, void *userdata) {
         r = http_request_suspend(req, on_metrics_abort, c);
         if (r < 0)
                 return r;
-        r = task_store_stats(m->store, /* live_only= */ false, on_stats, c);
+        c->sent = now_usec(CLOCK_MONOTONIC);
+        c->full = m->metrics_counted_at == 0 ||
+                  c->sent >= m->metrics_counted_at + task_stats_full_interval(m->metrics_count_took);
+        r = task_store_stats(m->store, /* live_only= */ !c->full, on_stats, c);
         if (r < 0) {
                 metrics_reply(c, NULL);
                 return 0;

@@ -103,3 +103,12 @@ int task_store_mark_published(TaskStore *s, const char *id, unsigned retry_count
  * InProgress are counted (the other counts are 0), through the index of live tasks, so
  * that the cost does not grow with the history of finished tasks. */
 int task_store_stats(TaskStore *s, bool live_only, TaskStoreStatsCallback cb, void *userdata);
+
+/* A count of every status scans the whole history: seconds for millions of tasks. Callers
+ * that repeat it (the D-Bus properties, /metrics) wait at least this long after one that
+ * took `took`: 10 s, and 100 times as long as it took (at most 1 % of the time). */
+#define TASK_STATS_FULL_INTERVAL_USEC (10 * USEC_PER_SEC)
+#define TASK_STATS_FULL_SHARE 100U
+static inline usec_t task_stats_full_interval(usec_t took) {
+        return MAX(TASK_STATS_FULL_INTERVAL_USEC, TASK_STATS_FULL_SHARE * took);
+}

@@ -108,33 +108,6 @@ static int check_ready(Manager *m, sd_bus_error *error) {
         return sd_bus_error_setf(error, BUS_ERROR_UNAVAILABLE, "The task database is not ready yet; try again later.");
 }
 
-/* Mutating methods: root or group dtask-admin. */
-static int check_admin(sd_bus_message *message, uid_t *ret_uid, sd_bus_error *error) {
-        int r;
-
-        r = bus_verify_admin(message, BUS_ADMIN_GROUP, ret_uid, error);
-        if (r < 0)
-                return r;
-        if (r == 0) {
-                log_notice("Refusing %s over D-Bus from uid " UID_FMT ": not root and not in group " BUS_ADMIN_GROUP ".",
-                           sd_bus_message_get_member(message), *ret_uid);
-                return -EACCES;
-        }
-        return 1;
-}
-
-static int read_id(sd_bus_message *message, char id[static UUID_STRING_MAX], sd_bus_error *error) {
-        const char *s;
-        int r;
-
-        r = sd_bus_message_read(message, "s", &s);
-        if (r < 0)
-                return r;
-        if (uuid_normalize(s, id) < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Not a task id (UUID): %s", s);
-        return 0;
-}
-
 static int invalid_args(sd_bus_error *error, json_object *errors) {
         _cleanup_free_ char *summary = json_errors_summary(errors);
 
@@ -242,7 +215,7 @@ static int method_create_task(sd_bus_message *message, void *userdata, sd_bus_er
         uid_t uid;
         int r;
 
-        r = check_admin(message, &uid, error);
+        r = bus_require_admin(message, &uid, error);
         if (r < 0)
                 return r;
         r = check_ready(m, error);
@@ -290,7 +263,7 @@ static int method_get_task(sd_bus_message *message, void *userdata, sd_bus_error
         c = bus_call_new(m, message, OP_GET, BUS_UID_INVALID);
         if (!c)
                 return -ENOMEM;
-        r = read_id(message, c->id, error);
+        r = bus_read_uuid(message, "task", c->id, error);
         if (r < 0)
                 return r;
         r = task_store_get(m->store, c->id, NULL, on_task, c);
@@ -371,7 +344,7 @@ static int method_retry_or_cancel(sd_bus_message *message, Manager *m, BusOp op,
         uid_t uid;
         int r;
 
-        r = check_admin(message, &uid, error);
+        r = bus_require_admin(message, &uid, error);
         if (r < 0)
                 return r;
         r = check_ready(m, error);
@@ -380,7 +353,7 @@ static int method_retry_or_cancel(sd_bus_message *message, Manager *m, BusOp op,
         c = bus_call_new(m, message, op, uid);
         if (!c)
                 return -ENOMEM;
-        r = read_id(message, c->id, error);
+        r = bus_read_uuid(message, "task", c->id, error);
         if (r < 0)
                 return r;
         if (op == OP_RETRY)
@@ -406,7 +379,7 @@ static int method_update_task(sd_bus_message *message, void *userdata, sd_bus_er
         uid_t uid;
         int r;
 
-        r = check_admin(message, &uid, error);
+        r = bus_require_admin(message, &uid, error);
         if (r < 0)
                 return r;
         r = check_ready(m, error);
@@ -415,7 +388,7 @@ static int method_update_task(sd_bus_message *message, void *userdata, sd_bus_er
         c = bus_call_new(m, message, OP_UPDATE, uid);
         if (!c)
                 return -ENOMEM;
-        r = read_id(message, c->id, error);
+        r = bus_read_uuid(message, "task", c->id, error);
         if (r < 0)
                 return r;
         r = sd_bus_message_read(message, "s", &patch);

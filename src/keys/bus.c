@@ -59,33 +59,6 @@ static int check_ready(Manager *m, sd_bus_error *error) {
         return sd_bus_error_setf(error, BUS_ERROR_UNAVAILABLE, "The key database is not ready yet; try again later.");
 }
 
-/* For mutating methods: root or group dtask-admin. Returns 1 when allowed, else < 0 with error set. */
-static int check_admin(sd_bus_message *message, uid_t *ret_uid, sd_bus_error *error) {
-        int r;
-
-        r = bus_verify_admin(message, BUS_ADMIN_GROUP, ret_uid, error);
-        if (r < 0)
-                return r;
-        if (r == 0) {
-                log_notice("Refusing %s over D-Bus from uid " UID_FMT ": not root and not in group " BUS_ADMIN_GROUP ".",
-                           sd_bus_message_get_member(message), *ret_uid);
-                return -EACCES;
-        }
-        return 1;
-}
-
-static int read_id(sd_bus_message *message, char id[static UUID_STRING_MAX], sd_bus_error *error) {
-        const char *s;
-        int r;
-
-        r = sd_bus_message_read(message, "s", &s);
-        if (r < 0)
-                return r;
-        if (uuid_normalize(s, id) < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Not a key id (UUID): %s", s);
-        return 0;
-}
-
 static int append_key(sd_bus_message *reply, const ApiKey *k) {
         int r;
 
@@ -128,7 +101,7 @@ static int method_create_key(sd_bus_message *message, void *userdata, sd_bus_err
         uid_t uid;
         int r;
 
-        r = check_admin(message, &uid, error);
+        r = bus_require_admin(message, &uid, error);
         if (r < 0)
                 return r;
         r = check_ready(m, error);
@@ -250,7 +223,7 @@ static int method_get_key(sd_bus_message *message, void *userdata, sd_bus_error 
         c = bus_call_new(m, message, BUS_UID_INVALID);
         if (!c)
                 return -ENOMEM;
-        r = read_id(message, c->id, error);
+        r = bus_read_uuid(message, "key", c->id, error);
         if (r < 0)
                 return r;
         r = key_store_get(m->store, c->id, on_got, c);
@@ -349,7 +322,7 @@ static int method_update_key(sd_bus_message *message, void *userdata, sd_bus_err
         uid_t uid;
         int r;
 
-        r = check_admin(message, &uid, error);
+        r = bus_require_admin(message, &uid, error);
         if (r < 0)
                 return r;
         r = check_ready(m, error);
@@ -358,7 +331,7 @@ static int method_update_key(sd_bus_message *message, void *userdata, sd_bus_err
         c = bus_call_new(m, message, uid);
         if (!c)
                 return -ENOMEM;
-        r = read_id(message, c->id, error);
+        r = bus_read_uuid(message, "key", c->id, error);
         if (r < 0)
                 return r;
         r = read_changes(message, &u, &claims, error);
@@ -393,7 +366,7 @@ static int method_deactivate_key(sd_bus_message *message, void *userdata, sd_bus
         uid_t uid;
         int r;
 
-        r = check_admin(message, &uid, error);
+        r = bus_require_admin(message, &uid, error);
         if (r < 0)
                 return r;
         r = check_ready(m, error);
@@ -402,7 +375,7 @@ static int method_deactivate_key(sd_bus_message *message, void *userdata, sd_bus
         c = bus_call_new(m, message, uid);
         if (!c)
                 return -ENOMEM;
-        r = read_id(message, c->id, error);
+        r = bus_read_uuid(message, "key", c->id, error);
         if (r < 0)
                 return r;
         u.is_active = false;
@@ -438,7 +411,7 @@ static int method_delete_key(sd_bus_message *message, void *userdata, sd_bus_err
         uid_t uid;
         int r;
 
-        r = check_admin(message, &uid, error);
+        r = bus_require_admin(message, &uid, error);
         if (r < 0)
                 return r;
         r = check_ready(m, error);
@@ -447,7 +420,7 @@ static int method_delete_key(sd_bus_message *message, void *userdata, sd_bus_err
         c = bus_call_new(m, message, uid);
         if (!c)
                 return -ENOMEM;
-        r = read_id(message, c->id, error);
+        r = bus_read_uuid(message, "key", c->id, error);
         if (r < 0)
                 return r;
         r = key_store_delete(m->store, c->id, on_deleted, c);

@@ -3,6 +3,7 @@
 
 #include "bus-util.h"
 #include "log.h"
+#include "uuid-util.h"
 
 int bus_open_system_attached(sd_event *event, int64_t priority, const char *description, sd_bus **ret) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
@@ -343,4 +344,33 @@ const char *bus_service_error_reason(int error) {
         default:
                 return "cannot connect to the system bus";
         }
+}
+
+int bus_require_admin(sd_bus_message *m, uid_t *ret_uid, sd_bus_error *error) {
+        uid_t uid;
+        int r;
+
+        r = bus_verify_admin(m, BUS_ADMIN_GROUP, &uid, error);
+        if (ret_uid)
+                *ret_uid = uid;
+        if (r < 0)
+                return r;
+        if (r == 0) {
+                log_notice("Refusing %s over D-Bus from uid " UID_FMT ": not root and not in group " BUS_ADMIN_GROUP ".",
+                           sd_bus_message_get_member(m), uid);
+                return -EACCES;
+        }
+        return 1;
+}
+
+int bus_read_uuid(sd_bus_message *m, const char *what, char id[static UUID_STRING_MAX], sd_bus_error *error) {
+        const char *s;
+        int r;
+
+        r = sd_bus_message_read(m, "s", &s);
+        if (r < 0)
+                return r;
+        if (uuid_normalize(s, id) < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Not a %s id (UUID): %s", what, s);
+        return 0;
 }

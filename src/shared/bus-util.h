@@ -5,6 +5,7 @@
 #include <systemd/sd-event.h>
 
 #include "macro.h"
+#include "uuid-util.h"
 
 /* sd-bus helpers shared by the daemons that offer a D-Bus API (dtask-keys, dtask-api). */
 
@@ -44,6 +45,15 @@ int bus_match_disconnected(sd_bus *bus, sd_bus_message_handler_t callback, void 
  * could not be read (error set as well). ret_uid (optional) gets the caller's uid
  * (BUS_UID_INVALID when unknown), for logging. */
 int bus_verify_admin(sd_bus_message *m, const char *admin_group, uid_t *ret_uid, sd_bus_error *error);
+
+/* For the methods that change something: bus_verify_admin() with BUS_ADMIN_GROUP, and a
+ * refusal logged (notice) and returned as -EACCES (AccessDenied for the caller). Returns 1
+ * when allowed, negative errno otherwise. ret_uid as for bus_verify_admin(). */
+int bus_require_admin(sd_bus_message *m, uid_t *ret_uid, sd_bus_error *error);
+
+/* Reads a UUID argument ("s") into id, normalized. A string that is not one is the
+ * caller's error: InvalidArgs, "Not a <what> id (UUID): …". */
+int bus_read_uuid(sd_bus_message *m, const char *what, char id[static UUID_STRING_MAX], sd_bus_error *error);
 
 /* The caller's uid, for logging; BUS_UID_INVALID when unknown. */
 uid_t bus_sender_uid(sd_bus_message *m);

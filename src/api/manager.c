@@ -154,27 +154,37 @@ void manager_task_changed(Manager *m, const char *id, TaskStatus status, unsigne
 /* Payloads on API_NOTIFY_CHANNEL (sql/0001, sql/0005): "<id> <status> <attempt>" for a
  * change, "<id> deleted", and "*" when the table was truncated. */
 
+/* The task id a payload starts with, normalized into id; returns what follows it (after its
+ * space), or NULL when the payload does not start with a task id. */
+static const char *payload_task_id(const char *payload, char id[static UUID_STRING_MAX]) {
+        char text[UUID_STRING_MAX];
+        size_t n = strcspn(payload, " ");
+
+        if (n != UUID_STRING_MAX - 1)
+                return NULL;
+        memcpy(text, payload, n);
+        text[n] = '\0';
+        if (uuid_normalize(text, id) < 0)
+                return NULL;
+        return payload + n + (payload[n] == ' ');
+}
+
 /* Runs as each notification is read, before its turn to be delivered: the cache must not
  * serve a task that PostgreSQL has already said changed. */
 static void on_notify_read(PgListener *l, const char *channel, const char *payload, void *userdata) {
         Manager *m = userdata;
-        char text[UUID_STRING_MAX], id[UUID_STRING_MAX];
-        size_t n = strcspn(payload, " ");
+        char id[UUID_STRING_MAX];
 
-        if (n == UUID_STRING_MAX - 1) {
-                memcpy(text, payload, n);
-                text[n] = '\0';
-                if (uuid_normalize(text, id) >= 0) {
-                        task_cache_forget(m->cache, id);
-                        return;
-                }
-        }
-        task_cache_clear(m->cache); /* "*", or which task cannot be told: forget them all */
+        if (payload_task_id(payload, id))
+                task_cache_forget(m->cache, id);
+        else
+                task_cache_clear(m->cache); /* "*", or which task cannot be told: forget them all */
 }
 
 static void on_notify(PgListener *l, const char *channel, const char *payload, void *userdata) {
         Manager *m = userdata;
         char id[UUID_STRING_MAX], status_buf[8];
+        const char *rest;
         unsigned attempt;
         int status;
 
@@ -183,12 +193,13 @@ static void on_notify(PgListener *l, const char *channel, const char *payload, v
                 api_bus_refresh_counts(m->bus);
                 return;
         }
-        if (sscanf(payload, "%36s %7s", id, status_buf) == 2 && streq(status_buf, "deleted") && uuid_is_valid(id)) {
+        rest = payload_task_id(payload, id);
+        if (rest && sscanf(rest, "%7s", status_buf) == 1 && streq(status_buf, "deleted")) {
                 log_debug("Task %s was deleted.", id);
                 waiters_notify(m->waiters, id, NULL); /* they ask again, and answer 404 */
                 return;
         }
-        if (sscanf(payload, "%36s %7s %u", id, status_buf, &attempt) != 3 || !uuid_is_valid(id)) {
+        if (!rest || sscanf(rest, "%7s %u", status_buf, &attempt) != 2) {
                 log_debug("Ignoring a malformed notification on %s: \"%s\"", channel, payload);
                 return;
         }

@@ -316,7 +316,7 @@ int metrics_format(const Metrics *m, const MetricsGauges *g, char **ret) {
                         "# HELP dtask_api_task_cache_bytes Memory held by the task cache.\n"
                         "# TYPE dtask_api_task_cache_bytes gauge\n"
                         "dtask_api_task_cache_bytes %" PRIu64 "\n",
-                        g->task_cache_hits, g->task_cache_misses, g->task_cache_entries, g->task_cache_bytes);
+                        g->task_cache.hits, g->task_cache.misses, g->task_cache.entries, g->task_cache.bytes);
 
         if (fclose(f) != 0)
                 return -ENOMEM;

@@ -3,6 +3,7 @@
 
 #include "http-server.h"
 #include "macro.h"
+#include "task-cache.h"
 
 /* Prometheus metrics of dtask-api (text exposition format 0.0.4): HTTP requests by route,
  * method and status code, a latency histogram per route, dispatch outcomes, and the
@@ -21,7 +22,7 @@ typedef struct MetricsGauges {
         uint64_t waiters;
         uint64_t http_connections;
         bool have_task_cache;                /* false: TASK_CACHE_SIZE=0 */
-        uint64_t task_cache_hits, task_cache_misses, task_cache_entries, task_cache_bytes;
+        TaskCacheStats task_cache;
 } MetricsGauges;
 
 /* allow: comma/space separated addresses or CIDR prefixes ("127.0.0.0/8, ::1"), "*" for

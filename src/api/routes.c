@@ -69,7 +69,6 @@ typedef struct MetricsCall {
 static void metrics_reply(MetricsCall *c, const TaskStats *stats) {
         Manager *m = c->manager;
         _cleanup_free_ char *text = NULL;
-        TaskCacheStats cache;
         MetricsGauges g = {
                 .have_stats = stats != NULL,
                 .database_connected = pg_pool_is_connected(m->pool),
@@ -80,11 +79,7 @@ static void metrics_reply(MetricsCall *c, const TaskStats *stats) {
         };
         int r;
 
-        task_cache_stats(m->cache, &cache);
-        g.task_cache_hits = cache.hits;
-        g.task_cache_misses = cache.misses;
-        g.task_cache_entries = cache.entries;
-        g.task_cache_bytes = cache.bytes;
+        task_cache_stats(m->cache, &g.task_cache);
 
         if (stats) {
                 memcpy(g.tasks, stats->counts, sizeof(g.tasks));

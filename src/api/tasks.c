@@ -491,6 +491,12 @@ int tasks_create(HttpRequest *req, void *userdata) {
 
 static void get_query(TaskCall *c);
 
+/* Whether a GET answers with a task in this status now: always without ?wait=, else once the
+ * task is finished or the wait is over. */
+static bool get_answers_now(const TaskCall *c, TaskStatus status) {
+        return !c->waiter || c->deadline || task_status_is_terminal(status);
+}
+
 static void on_got(int error, Task **task, bool applied, void *userdata) {
         TaskCall *c = userdata;
 
@@ -501,7 +507,7 @@ static void on_got(int error, Task **task, bool applied, void *userdata) {
                 task_call_free(c);
                 return;
         }
-        if (!c->waiter || c->deadline || task_status_is_terminal((*task)->status)) {
+        if (get_answers_now(c, (*task)->status)) {
                 reply_task_caching(c, 200, *task, c->ticket);
                 task_call_free(c);
                 return;
@@ -521,7 +527,7 @@ static void got_cached(TaskCall *c, const TaskCacheEntry *e) {
                 task_call_free(c);
                 return;
         }
-        if (!c->waiter || c->deadline || task_status_is_terminal(e->status)) {
+        if (get_answers_now(c, e->status)) {
                 reply_log(http_request_reply(c->req, 200, "application/json", e->json, e->json_size));
                 task_call_free(c);
         }

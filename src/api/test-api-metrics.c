@@ -50,10 +50,7 @@ static void test_format(void **state) {
                 .waiters = 5,
                 .http_connections = 7,
                 .have_task_cache = true,
-                .task_cache_hits = 90,
-                .task_cache_misses = 10,
-                .task_cache_entries = 8,
-                .task_cache_bytes = 8192,
+                .task_cache = { .hits = 90, .misses = 10, .entries = 8, .bytes = 8192 },
         };
 
         assert_int_equal(metrics_new(&m, "*"), 0);

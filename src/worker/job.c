@@ -738,6 +738,32 @@ static void on_run_done(SandboxRun *run, SandboxResult *res, void *userdata) {
         report_start(j);
 }
 
+static Language sandbox_language(DtaskLanguage l) {
+        switch (l) {
+        case DTASK_LANGUAGE_PYTHON:
+                return LANGUAGE_PYTHON;
+        case DTASK_LANGUAGE_CSHARP:
+                return LANGUAGE_CSHARP;
+        default:
+                return _LANGUAGE_INVALID;
+        }
+}
+
+/* The next task will likely be of the language of the last one: its sandbox is set up now (a
+ * few ms of namespaces and mounts), so that its claim's answer finds it waiting for the
+ * program. A wrong guess costs nothing but that sandbox, kept for a later task of its
+ * language. */
+static void warm_next(Job *j) {
+        Manager *m = j->manager;
+        int r;
+
+        if (m->expected_language < 0 || m->stopping || j->stopping)
+                return;
+        r = sandbox_warm(m->sandbox, m->event, m->expected_language);
+        if (r < 0)
+                log_debug_errno(r, "Could not set up a sandbox ahead of the next task: %m");
+}
+
 static void run_start(Job *j) {
         Manager *m = j->manager;
         SandboxRequest req = {
@@ -747,19 +773,9 @@ static void run_start(Job *j) {
                 .stdin_size = j->input ? strlen(j->input) : 0,
                 .ttl_deadline = j->expires_at > 0 ? j->expires_at : USEC_INFINITY,
                 .max_runtime = 0, /* the settings' SANDBOX_MAX_RUNTIME */
+                .language = sandbox_language(j->language),
         };
         int r;
-
-        switch (j->language) {
-        case DTASK_LANGUAGE_PYTHON:
-                req.language = LANGUAGE_PYTHON;
-                break;
-        case DTASK_LANGUAGE_CSHARP:
-                req.language = LANGUAGE_CSHARP;
-                break;
-        default:
-                req.language = _LANGUAGE_INVALID;
-        }
 
         if (req.language < 0 || req.code_size == 0) {
                 log_warning("Task %s, attempt %u: %s; failing it.", j->id, j->attempt,
@@ -797,6 +813,7 @@ static void run_start(Job *j) {
                   (unsigned) sandbox_run_uid(j->run));
         heartbeat_schedule(j, m->heartbeat_interval);
         manager_update_status(m);
+        warm_next(j);
 
         /* an event arrived while the claim was on its way: check at once whether it was about
          * this attempt (409: the heartbeat kills the run) */
@@ -874,6 +891,7 @@ static void on_claimed(DtaskClient *c, int error, const DtaskTask *task, const D
                 report_release(j);
                 return;
         }
+        m->expected_language = sandbox_language(j->language);
         log_info("Task %s: claimed attempt %u (%s, expires %s).", j->id, j->attempt,
                  strna(dtask_language_to_string(j->language)),
                  j->expires_at > 0 ? iso8601_format(j->expires_at, when) : "never");
@@ -921,7 +939,10 @@ int job_start(Job *j) {
                 j->state = JOB_REQUEUE_WAIT;
                 if (job_arm(j, &j->retry_timer, manager_claim_outcome(m, r), on_requeue_timer) < 0)
                         return r;
+                return 0;
         }
+        /* usually there is one already, made when the last run started */
+        warm_next(j);
         return 0;
 }
 

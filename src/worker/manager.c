@@ -165,6 +165,7 @@ int manager_new(Manager **ret, const ManagerOptions *o) {
         m = calloc(1, sizeof(Manager));
         if (!m)
                 return log_oom();
+        m->expected_language = _LANGUAGE_INVALID;
 
         r = daemon_config_load(&m->config, o ? o->config_path : NULL);
         if (r < 0)

@@ -38,6 +38,8 @@ typedef struct Manager {
         SandboxSettings sandbox_settings;
 
         Sandbox *sandbox;
+        Language expected_language; /* of the last task claimed: the next one's sandbox is set up
+                                     * ahead for it (sandbox_warm()) */
         DtaskClient *client;
         AmqpConsumer *consumer; /* task_queue */
         AmqpConsumer *events;   /* fanout: cancelled / expired */

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -75,7 +76,14 @@ const char *sandbox_verdict_to_string(SandboxVerdict v) {
  * waits for an RCU grace period (the kernel's cgroup_threadgroup_rwsem), milliseconds; a stem
  * does it while the worker is idle or the previous run is still going. It is root and has
  * nothing of any run until the go message; it exits on EOF of its control pipe and dies with
- * us (PR_SET_PDEATHSIG). */
+ * us (PR_SET_PDEATHSIG).
+ *
+ * Bubblewrap starts the program only once the gate is open: a byte in the pipe behind its
+ * --block-fd, written when the child goes to a run (child_give()). A warm stem (see
+ * sandbox_warm()) had its go message already: its bubblewrap sets the sandbox up (namespaces,
+ * mounts; a few ms) while the worker still waits for the claim of the task, and then waits at
+ * the gate, with an empty working directory, until sandbox_start() writes the program there and
+ * opens it. */
 typedef struct Stem {
         /* the slot */
         uid_t uid;
@@ -89,11 +97,16 @@ typedef struct Stem {
         int ctl_fd;                                    /* the go message; closing it makes the stem exit */
         int stdin_fd, stdout_fd, stderr_fd, status_fd; /* our ends of its pipes */
         int block_fd;                                  /* our read end of its block pipe */
+        int gate_fd;                                   /* the write end: closed once the gate is open */
+        /* warm: its bubblewrap is setting up, or set up, for a run of this language */
+        Language warm;
+        Workdir workdir; /* warm: the run's working directory, empty */
 } Stem;
 
 #define STEM_NULL                                                                                           \
         ((Stem) { .lock_fd = -EBADF, .pidfd = -EBADF, .ctl_fd = -EBADF, .stdin_fd = -EBADF,                 \
-                  .stdout_fd = -EBADF, .stderr_fd = -EBADF, .status_fd = -EBADF, .block_fd = -EBADF })
+                  .stdout_fd = -EBADF, .stderr_fd = -EBADF, .status_fd = -EBADF, .block_fd = -EBADF,        \
+                  .gate_fd = -EBADF, .warm = _LANGUAGE_INVALID, .workdir = WORKDIR_NULL })
 
 struct Sandbox {
         SandboxSettings settings;
@@ -110,6 +123,7 @@ struct Sandbox {
         Stem *kept;         /* slots our own runs left clean, still ours (slot part only): see slot_keep() */
         size_t n_kept, n_kept_allocated;
         Stem stem;                   /* for the next run, when .pid > 0 */
+        Stem warm;                   /* a warm stem (see sandbox_warm()), when .pid > 0 */
         sd_event_source *stem_event; /* prepares the stem when the loop is idle */
         char *stem_buf;              /* STEM_MSG_MAX bytes, and STEM_ARGC_MAX pointers, for the stem */
         char **stem_argv;
@@ -169,7 +183,7 @@ struct SandboxRun {
         int pidfd;
         sd_event_source *child_source;
         int status_fd; /* setup errors of the child before its exec of bubblewrap */
-        int block_fd;  /* bubblewrap's --block-fd, see make_block_pipe() */
+        int block_fd;  /* our read end of bubblewrap's --block-fd (see Stem) */
         Output out[2]; /* stdout, stderr */
         int stdin_fd;
         sd_event_source *stdin_source;
@@ -194,6 +208,7 @@ struct SandboxRun {
 };
 
 static void stem_discard(Stem *s);
+static void warm_discard(Sandbox *sb);
 
 /* ---------------------------------------------------------------------------------------- */
 /* settings */
@@ -315,23 +330,15 @@ static int make_pipe(int fds[2]) {
         return 0;
 }
 
-/* The pipe behind bubblewrap's --block-fd: one byte in it, no writer left. Bubblewrap reads the
- * byte after setting up the sandbox, right before it starts the program; if it is still there
- * once bubblewrap has exited, bubblewrap gave up before (our end is nonblocking: read() gives
- * 1 then, 0 otherwise). */
-static int make_block_pipe(int fds[2]) {
-        int k = make_pipe(fds);
-
-        if (k < 0)
-                return k;
-        if (write(fds[1], "x", 1) != 1 || fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0) {
-                k = -errno;
-                fds[0] = safe_close(fds[0]);
-                fds[1] = safe_close(fds[1]);
-                return k;
-        }
-        fds[1] = safe_close(fds[1]);
-        return 0;
+/* Opens the gate of a child (see Stem): bubblewrap reads the byte after setting up the sandbox,
+ * right before it starts the program. If the byte is still in the pipe once bubblewrap has
+ * exited, bubblewrap gave up before (read_status_fd()). */
+static void gate_open(int *gate_fd) {
+        if (*gate_fd < 0)
+                return;
+        /* EPIPE: bubblewrap is gone already, which the run sees when it reaps it */
+        (void) !write(*gate_fd, "x", 1);
+        *gate_fd = safe_close(*gate_fd);
 }
 
 static int set_nonblock(int fd) {
@@ -408,7 +415,7 @@ static size_t reap_orphans(Sandbox *sb, pid_t *alive, size_t n) {
 
                 if (end == p)
                         break;
-                if (pid <= 0 || pid == sb->stem.pid)
+                if (pid <= 0 || pid == sb->stem.pid || pid == sb->warm.pid)
                         continue;
                 for (SandboxRun *r = sb->runs; r; r = r->next)
                         tracked = tracked || (r->pid == (pid_t) pid && !r->child_exited);
@@ -679,6 +686,7 @@ Sandbox *sandbox_free(Sandbox *sb) {
                 sandbox_run_free(sb->runs);
         sb->stem_event = sd_event_source_disable_unref(sb->stem_event);
         stem_discard(&sb->stem);
+        warm_discard(sb);
         free(sb->stem_buf);
         free(sb->stem_argv);
         for (size_t i = 0; i < sb->n_kept; i++)
@@ -737,7 +745,7 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         if (!sb)
                 return -ENOMEM;
         sb->runtime_fd = sb->cache_fd = sb->children_fd = -EBADF;
-        sb->stem = STEM_NULL;
+        sb->stem = sb->warm = STEM_NULL;
         sb->settings = *s;
         sb->settings.cgroup_root = sb->settings.runtime_dir = sb->settings.cache_dir = sb->settings.bwrap_path = NULL;
         sb->settings.runners = (RunnerSettings) {};
@@ -825,7 +833,7 @@ unsigned sandbox_slots(const Sandbox *sb) {
 }
 
 unsigned sandbox_slots_ready(const Sandbox *sb) {
-        return (sb->stem.pid > 0) + (unsigned) sb->n_kept;
+        return (sb->stem.pid > 0) + (sb->warm.pid > 0) + (unsigned) sb->n_kept;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1096,7 +1104,7 @@ static const char *const step_names[_STEP_MAX] = {
 
 typedef struct ChildSetup {
         int stdin_fd, stdout_fd, stderr_fd, status_fd;
-        int block_fd; /* bubblewrap's --block-fd: its byte is there until the sandbox is set up */
+        int block_fd; /* bubblewrap's --block-fd: the gate (see Stem) */
         int ctl_fd; /* a stem: the go message comes from here (see Stem); else -EBADF */
         char *msg_buf;
         char **msg_argv;
@@ -1146,8 +1154,8 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
 
         /* First the fds, so that nothing of other runs is held (their pipes' ends would hold
          * off their EOF) while the cgroup join waits. All our fds are >= 3 (make_pipe), so 0-2
-         * can be overwritten blindly. Then from 3 on: the block fd (bubblewrap reads its byte
-         * once the sandbox is set up, see make_block_pipe()), the status fd (CLOEXEC: it reports a
+         * can be overwritten blindly. Then from 3 on: the block fd (bubblewrap waits for its byte
+         * once the sandbox is set up, see Stem), the status fd (CLOEXEC: it reports a
          * failure before the exec, the exec closes it), the control fd of a stem, the cgroup
          * fds. Those are first copied above their targets, so that no dup2() overwrites one. */
         if (dup2(c->stdin_fd, STDIN_FILENO) < 0 || dup2(c->stdout_fd, STDOUT_FILENO) < 0 ||
@@ -1248,8 +1256,8 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
 /* ---------------------------------------------------------------------------------------- */
 /* stems (see Stem) */
 
-/* Kills the child (if any), reaps it, gives the slot back. */
-static void stem_discard(Stem *s) {
+/* Kills the child (if any) and reaps it. */
+static void stem_kill(Stem *s) {
         s->ctl_fd = safe_close(s->ctl_fd);
         if (s->pid > 0) {
                 siginfo_t si;
@@ -1263,6 +1271,24 @@ static void stem_discard(Stem *s) {
                         ;
                 s->pid = 0;
         }
+}
+
+/* Its child has not exited (yet). */
+static bool stem_alive(const Stem *s) {
+        siginfo_t si = {};
+
+        return s->pidfd >= 0 && waitid((idtype_t) P_PIDFD, (id_t) s->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) >= 0 &&
+               si.si_pid == 0;
+}
+
+/* Kills the child (if any), reaps it, gives the slot back. */
+static void stem_discard(Stem *s) {
+        stem_kill(s);
+        /* after the kill: bubblewrap must not see the gate open (EOF) while alive */
+        s->gate_fd = safe_close(s->gate_fd);
+        if (workdir_destroy(&s->workdir) < 0)
+                s->workdir.path = mfree(s->workdir.path); /* the slot's next user trims it */
+        s->warm = _LANGUAGE_INVALID;
         s->pidfd = safe_close(s->pidfd);
         s->stdin_fd = safe_close(s->stdin_fd);
         s->stdout_fd = safe_close(s->stdout_fd);
@@ -1286,7 +1312,7 @@ static int child_spawn(Sandbox *sb, uid_t uid, CGroup *cg, char **argv, Stem *re
         int k;
 
         if ((k = make_pipe(in)) < 0 || (k = make_pipe(out)) < 0 || (k = make_pipe(err)) < 0 ||
-            (k = make_pipe(st)) < 0 || (!argv && (k = make_pipe(ctl)) < 0) || (k = make_block_pipe(blk)) < 0)
+            (k = make_pipe(st)) < 0 || (!argv && (k = make_pipe(ctl)) < 0) || (k = make_pipe(blk)) < 0)
                 goto finish;
 
         c = (ChildSetup) {
@@ -1328,6 +1354,7 @@ static int child_spawn(Sandbox *sb, uid_t uid, CGroup *cg, char **argv, Stem *re
         ret->status_fd = TAKE_FD(st[0]);
         ret->ctl_fd = TAKE_FD(ctl[1]);
         ret->block_fd = TAKE_FD(blk[0]);
+        ret->gate_fd = TAKE_FD(blk[1]);
         k = 0;
 
 finish:
@@ -1342,6 +1369,7 @@ finish:
         safe_close(ctl[0]);
         safe_close(ctl[1]);
         safe_close(blk[0]);
+        safe_close(blk[1]);
         return k;
 }
 
@@ -1395,8 +1423,10 @@ static void stem_schedule(Sandbox *sb, sd_event *e) {
         (void) sd_event_source_set_enabled(sb->stem_event, SD_EVENT_ONESHOT);
 }
 
-/* The child part of s (its process and our ends of its pipes) goes to the run. */
+/* The child part of s (its process and our ends of its pipes) goes to the run, and its
+ * bubblewrap may start the program. */
 static void child_give(SandboxRun *r, Stem *s) {
+        gate_open(&s->gate_fd);
         s->ctl_fd = safe_close(s->ctl_fd);
         r->pid = s->pid;
         r->pidfd = TAKE_FD(s->pidfd);
@@ -1408,9 +1438,9 @@ static void child_give(SandboxRun *r, Stem *s) {
         s->pid = 0;
 }
 
-/* Sends the stem its command line and hands its process and pipes to the run. */
-static int stem_go(SandboxRun *r, char **argv) {
-        Stem *s = &r->stem;
+/* Sends the stem its command line: it executes bubblewrap, which sets up the sandbox and waits
+ * at the gate. */
+static int stem_send(Stem *s, char **argv) {
         size_t size = 0;
         uint32_t hdr[2];
         struct iovec iov[2];
@@ -1439,8 +1469,6 @@ static int stem_go(SandboxRun *r, char **argv) {
                 return -errno;
         if ((size_t) k != sizeof hdr + size)
                 return -EIO;
-
-        child_give(r, s);
         return 0;
 }
 
@@ -1633,6 +1661,32 @@ int sandbox_run_kill(SandboxRun *r, SandboxEnd reason) {
 
 static void phase_end(SandboxRun *r, bool settled);
 
+/* Kills what is in cg, again and again, until it is empty (its zombies reaped), at most
+ * SETTLE_TIMEOUT_USEC. */
+static void cgroup_empty_sync(Sandbox *sb, CGroup *cg) {
+        usec_t start = now_mono();
+
+        for (;;) {
+                (void) reap_orphans(sb, NULL, 0);
+                if (cgroup_is_populated(cg) <= 0 || now_mono() - start >= SETTLE_TIMEOUT_USEC)
+                        break;
+                (void) cgroup_kill(cg);
+                (void) usleep(5000);
+        }
+}
+
+/* A warm stem has more than its child in the slot's cgroup: bubblewrap's own children. */
+static void warm_discard(Sandbox *sb) {
+        Stem *s = &sb->warm;
+
+        if (s->pid > 0 && s->cgroup) {
+                (void) cgroup_kill(s->cgroup);
+                stem_kill(s);
+                cgroup_empty_sync(sb, s->cgroup);
+        }
+        stem_discard(s);
+}
+
 /* Synchronous teardown of whatever the current phase has (errors, sandbox_run_free()). */
 static void phase_cleanup_sync(SandboxRun *r) {
         int k;
@@ -1658,14 +1712,7 @@ static void phase_cleanup_sync(SandboxRun *r) {
         output_close(&r->out[1]);
 
         if (r->cgroup) {
-                usec_t start = now_mono();
-                for (;;) {
-                        (void) reap_orphans(r->sandbox, NULL, 0);
-                        if (cgroup_is_populated(r->cgroup) <= 0 || now_mono() - start >= SETTLE_TIMEOUT_USEC)
-                                break;
-                        (void) cgroup_kill(r->cgroup);
-                        (void) usleep(5000);
-                }
+                cgroup_empty_sync(r->sandbox, r->cgroup);
                 /* the slot's group stays; the next run in the slot checks that it is empty */
                 r->cgroup = cgroup_free(r->cgroup);
         }
@@ -1789,8 +1836,8 @@ static void read_status_fd(SandboxRun *r) {
 
         /* bubblewrap took the block pipe's byte: it got as far as starting the program */
         if (r->block_fd >= 0) {
-                char c;
-                r->sandbox_ready = read(r->block_fd, &c, 1) == 0;
+                int left = 1;
+                r->sandbox_ready = ioctl(r->block_fd, FIONREAD, &left) >= 0 && left == 0;
         }
         r->block_fd = safe_close(r->block_fd);
 
@@ -1933,9 +1980,8 @@ static int on_runtime(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-static int build_argv(SandboxRun *r, char *const *cmd, char ***ret) {
-        Sandbox *sb = r->sandbox;
-        const Runner *rn = r->runner;
+/* bubblewrap's command line for cmd of runner rn in the working directory workdir_path */
+static int build_argv(Sandbox *sb, const Runner *rn, const char *workdir_path, char *const *cmd, char ***ret) {
         char **a = NULL;
         size_t n = 0;
         int k = 0;
@@ -1946,7 +1992,7 @@ static int build_argv(SandboxRun *r, char *const *cmd, char ***ret) {
                 k = strv_pushv(&a, &n, "--ro-bind", *b, *b, NULL);
         if (k >= 0)
                 k = strv_pushv(&a, &n,
-                               "--bind", r->workdir_path, SANDBOX_WORKDIR,
+                               "--bind", workdir_path, SANDBOX_WORKDIR,
                                "--chdir", SANDBOX_WORKDIR,
                                "--remount-ro", "/",
                                "--clearenv",
@@ -1981,14 +2027,22 @@ static int phase_spawn(SandboxRun *r, char *const *cmd, bool with_stdin) {
         _cleanup_(stem_discard) Stem child = STEM_NULL;
         int k;
 
-        k = build_argv(r, cmd, &argv);
+        if (r->stem.pid > 0 && r->stem.warm >= 0) {
+                /* its bubblewrap has this command line already, and waits at the gate */
+                child_give(r, &r->stem);
+                goto started;
+        }
+
+        k = build_argv(sb, r->runner, r->workdir_path, cmd, &argv);
         if (k < 0)
                 return k;
 
         if (r->stem.pid > 0) {
-                k = stem_go(r, argv);
-                if (k >= 0)
+                k = stem_send(&r->stem, argv);
+                if (k >= 0) {
+                        child_give(r, &r->stem);
                         goto started;
+                }
                 log_debug_errno(k, "Sandbox slot %u: the prepared child is not usable, forking another: %m",
                                 (unsigned) r->uid);
                 stem_discard(&r->stem);
@@ -2022,22 +2076,34 @@ started:
         return 0;
 }
 
+/* The working directory of a run in the slot of uid, empty. */
+static int slot_workdir_create(Sandbox *sb, const char *path, uid_t uid, Workdir *ret) {
+        uint64_t tmpfs_size = sb->settings.workdir_tmpfs ? sb->settings.memory_max : 0;
+        int k;
+
+        k = workdir_create(path, uid, uid, tmpfs_size, ret);
+        if (k == -EEXIST) {
+                /* a leftover of the previous phase or run that could not be removed then */
+                k = workdir_trim(path);
+                if (k >= 0)
+                        k = workdir_create(path, uid, uid, tmpfs_size, ret);
+        }
+        return k;
+}
+
 static int phase_prepare_workdir(SandboxRun *r, RunPhase phase) {
-        Sandbox *sb = r->sandbox;
         const Runner *rn = r->runner;
         int k;
 
-        k = workdir_create(r->workdir_path, r->uid, r->uid, sb->settings.workdir_tmpfs ? sb->settings.memory_max : 0,
-                           &r->workdir);
-        if (k == -EEXIST) {
-                /* a leftover of the previous phase or run that could not be removed then */
-                k = workdir_trim(r->workdir_path);
-                if (k >= 0)
-                        k = workdir_create(r->workdir_path, r->uid, r->uid,
-                                           sb->settings.workdir_tmpfs ? sb->settings.memory_max : 0, &r->workdir);
+        if (r->stem.workdir.fd >= 0) {
+                /* a warm stem's, bound into its sandbox already */
+                r->workdir = r->stem.workdir;
+                r->stem.workdir = WORKDIR_NULL;
+        } else {
+                k = slot_workdir_create(r->sandbox, r->workdir_path, r->uid, &r->workdir);
+                if (k < 0)
+                        return k;
         }
-        if (k < 0)
-                return k;
 
         /* Files of the worker are root's and read-only: the program may read them, not change them. */
         if (phase == PHASE_RUN && rn->compile_argv) {
@@ -2314,7 +2380,14 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
                                       ? USEC_INFINITY
                                       : r->start_time + max_runtime;
 
-        if (sb->stem.pid > 0) {
+        if (sb->warm.pid > 0 && sb->warm.warm == req->language && !stem_alive(&sb->warm))
+                warm_discard(sb); /* its bubblewrap gave up: start afresh */
+        if (sb->warm.pid > 0 && sb->warm.warm == req->language) {
+                /* set up for us already, waiting at the gate */
+                slot_give(r, &sb->warm);
+                r->stem = sb->warm;
+                sb->warm = STEM_NULL;
+        } else if (sb->stem.pid > 0) {
                 /* prepared for us: the slot, and a child in its cgroup (its pipes, pid, pidfd) */
                 slot_give(r, &sb->stem);
                 r->stem = sb->stem;
@@ -2375,6 +2448,43 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
 
         *ret = TAKE_PTR(r);
         return 0;
+}
+
+int sandbox_warm(Sandbox *sb, sd_event *e, Language language) {
+        _cleanup_(strv_freep) char **argv = NULL;
+        const Runner *rn;
+        Stem *s;
+        int k;
+
+        if (!sb || !e || language < 0 || language >= _LANGUAGE_MAX)
+                return -EINVAL;
+        rn = sb->runners[language];
+        if (!rn || rn->compile_argv)
+                return 0; /* a build comes first, and what it runs depends on the program */
+        if (sb->warm.pid > 0)
+                return 0; /* one at most; it waits for a run of its language */
+
+        s = &sb->stem;
+        if (s->pid <= 0) {
+                k = stem_spawn(sb);
+                if (k < 0)
+                        return k;
+        }
+        k = slot_workdir_create(sb, s->workdir_path, s->uid, &s->workdir);
+        if (k >= 0)
+                k = build_argv(sb, rn, s->workdir_path, rn->run_argv, &argv);
+        if (k >= 0)
+                k = stem_send(s, argv);
+        if (k < 0) {
+                stem_discard(s);
+                stem_schedule(sb, e);
+                return k;
+        }
+        s->warm = language;
+        sb->warm = *s;
+        *s = STEM_NULL;
+        stem_schedule(sb, e);
+        return 1;
 }
 
 typedef struct SyncState {

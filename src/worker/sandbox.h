@@ -32,7 +32,8 @@
  * a slot is taken and a child forked into its cgroup, where it waits to become the next run's
  * bubblewrap. So a sandbox holds as many slots as it had runs at once at its busiest, plus
  * one (two for one run at a time: the slots alternate), and the process has one more child
- * (root, in the prepared slot's cgroup, holding nothing of any run).
+ * (root, in the prepared slot's cgroup, holding nothing of any run). sandbox_warm() goes one
+ * step further for a run that is about to come: see there.
  *
  * Process requirements and side effects of sandbox_new(): runs as root; SIGCHLD must not be
  * SIG_IGN (children are reaped through pidfds, so SIGCHLD need not be blocked); SIGPIPE is
@@ -170,6 +171,18 @@ unsigned sandbox_slots_ready(const Sandbox *sb);
  * loop, never from within sandbox_start() or sandbox_run_kill(). */
 int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDoneCallback cb, void *userdata,
                   SandboxRun **ret);
+/* A run of language will likely be started soon (the caller is claiming its task): sets up the
+ * sandbox of that run now, so that the namespaces and mounts (a few ms) overlap the wait, and
+ * sandbox_start() only writes the program and lets it go. The prepared child executes
+ * bubblewrap with the run's command line and an empty working directory; bubblewrap sets up
+ * the sandbox and waits before it starts the program. Nothing of any task is in it. At most
+ * one such sandbox exists; it is kept until a run of its language takes it, or the sandbox is
+ * freed (it costs one more slot and a waiting bubblewrap). Languages with a build step
+ * (C#) are not prepared this way: which command runs first depends on the program.
+ * Returns 1 when a sandbox was set up, 0 when there was nothing to do (another one waits, or
+ * the language has a build step), < 0 on failure (the next run then starts as usual). e: the
+ * loop on which the next prepared child is made. */
+int sandbox_warm(Sandbox *sb, sd_event *e, Language language);
 /* Kills every process of the run at once; reason: SANDBOX_END_CANCELLED, _EXPIRED, _TIMEOUT
  * or _SHUTDOWN. The first reason wins; once the program has exited by itself (only cleanup
  * left, a few ms) the run ends as it ended and the reason is ignored. The callback follows

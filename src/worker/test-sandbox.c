@@ -104,8 +104,9 @@ static char *read_str(const char *path) {
         return buf;
 }
 
-/* Processes (zombies included) whose real UID is uid, host-wide. */
-static unsigned processes_of(uid_t uid) {
+/* Processes (zombies included) whose real UID is uid, host-wide; with comm, only those of that
+ * name. With sig > 0, each is sent sig. */
+static unsigned processes_match(uid_t uid, const char *comm, int sig) {
         DIR *d = opendir("/proc");
         struct dirent *de;
         unsigned n = 0;
@@ -122,11 +123,28 @@ static unsigned processes_of(uid_t uid) {
                 if (!s || !(line = strstr(s, "\nUid:")))
                         continue;
                 real = strtoul(line + 5, NULL, 10);
-                if (real == uid)
-                        n++;
+                if (real != uid)
+                        continue;
+                if (comm) {
+                        snprintf(path, sizeof path, "/proc/%s/comm", de->d_name);
+                        s = read_str(path);
+                        if (!s || strncmp(s, comm, strlen(comm)) != 0 || s[strlen(comm)] != '\n')
+                                continue;
+                }
+                if (sig > 0)
+                        (void) kill((pid_t) atoi(de->d_name), sig);
+                n++;
         }
         closedir(d);
         return n;
+}
+
+static unsigned processes_of(uid_t uid) {
+        return processes_match(uid, NULL, 0);
+}
+
+static unsigned processes_named(uid_t uid, const char *comm) {
+        return processes_match(uid, comm, 0);
 }
 
 /* The slot's cgroup, which is kept for the slot's next run, has no process in it (or is gone). */
@@ -913,6 +931,94 @@ static void test_prepared_child(void **state) {
         for (unsigned i = 0; i < 2; i++) {
                 assert_int_equal(access(path[i], F_OK), -1);
                 assert_int_equal(processes_of(s.uid_min + i), 0);
+        }
+}
+
+/* The one slot of [min, max] that has processes (a warm sandbox's bubblewrap: stems are root
+ * until their go message), once its sandbox is set up (the inner bubblewrap is there). */
+static uid_t warm_slot(uid_t min, uid_t max) {
+        for (unsigned tries = 0; tries < 500; tries++) {
+                uid_t found = 0;
+                unsigned n = 0;
+
+                for (uid_t u = min; u <= max; u++)
+                        if (processes_of(u) > 0) {
+                                found = u;
+                                n++;
+                        }
+                assert_true(n <= 1);
+                if (found > 0 && processes_named(found, "bwrap") >= 2)
+                        return found;
+                (void) usleep(10 * 1000);
+        }
+        fail_msg("no warm sandbox in slots %u-%u", (unsigned) min, (unsigned) max);
+        return 0;
+}
+
+/* sandbox_warm(): the next run's sandbox is set up ahead and waits without a program; the run
+ * that takes it gets its input and output as any other and leaves nothing behind; a warm
+ * sandbox whose bubblewrap died is not used; sandbox_free() leaves nothing of one that was
+ * never used; none is made for a language with a build step. */
+static void test_warm(void **state) {
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        _cleanup_(sandbox_freep) Sandbox *w = NULL;
+        _cleanup_free_ char *error = NULL, *root = NULL;
+        SandboxSettings s;
+        SandboxResult res = {};
+        char expected[64], path[600];
+        uid_t uid;
+
+        test_settings(&s);
+        s.uid_min = TEST_UID_SINGLE + 10;
+        s.uid_max = TEST_UID_SINGLE + 12;
+        if (sandbox_new(&s, &w, &error) < 0)
+                fail_msg("%s", strna(error));
+        root = strdup(sandbox_cgroup_root(w));
+        assert_non_null(root);
+        assert_int_equal(sd_event_new(&e), 0);
+
+        assert_int_equal(sandbox_warm(w, e, LANGUAGE_CSHARP), 0);
+        assert_int_equal(sandbox_warm(w, e, LANGUAGE_PYTHON), 1);
+        assert_int_equal(sandbox_warm(w, e, LANGUAGE_PYTHON), 0); /* one at most */
+
+        /* set up, and waiting: bubblewrap only, no program, an empty working directory */
+        uid = warm_slot(s.uid_min, s.uid_max);
+        (void) usleep(200 * 1000);
+        assert_int_equal(processes_named(uid, "python3"), 0);
+        assert_int_equal(processes_of(uid), processes_named(uid, "bwrap"));
+        snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u/main.py", (unsigned) uid);
+        assert_int_equal(access(path, F_OK), -1);
+
+        run_full(w, LANGUAGE_PYTHON, "import os, sys\nprint(os.getuid(), sys.stdin.read(), end='')\n", "warm", 0,
+                 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_int_equal(res.uid, uid);
+        snprintf(expected, sizeof expected, "%u warm", (unsigned) uid);
+        assert_string_equal(res.stdout_data, expected);
+        assert_clean(&res);
+        sandbox_result_done(&res);
+
+        /* its bubblewrap killed while it waits: the run starts afresh */
+        assert_int_equal(sandbox_warm(w, e, LANGUAGE_PYTHON), 1);
+        uid = warm_slot(s.uid_min, s.uid_max);
+        assert_true(processes_match(uid, NULL, SIGKILL) > 0);
+        (void) usleep(100 * 1000);
+        run_full(w, LANGUAGE_PYTHON, "print(6 * 7, end='')\n", NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_string_equal(res.stdout_data, "42");
+        assert_clean(&res);
+        sandbox_result_done(&res);
+
+        /* never used */
+        assert_int_equal(sandbox_warm(w, e, LANGUAGE_PYTHON), 1);
+        uid = warm_slot(s.uid_min, s.uid_max);
+        w = sandbox_free(w);
+        for (uid_t u = s.uid_min; u <= s.uid_max; u++) {
+                assert_int_equal(processes_of(u), 0);
+                snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u", (unsigned) u);
+                assert_int_equal(access(path, F_OK), -1);
+                snprintf(path, sizeof path, "%s/slot-%u", root, (unsigned) u);
+                assert_int_equal(access(path, F_OK), -1);
         }
 }
 
@@ -1798,6 +1904,7 @@ int main(void) {
                 cmocka_unit_test(test_slot_unclean_not_kept),
                 cmocka_unit_test(test_slot_sweep),
                 cmocka_unit_test(test_prepared_child),
+                cmocka_unit_test(test_warm),
                 cmocka_unit_test(test_py_no_fds_leaked),
                 cmocka_unit_test(test_bwrap_setup_failure),
                 cmocka_unit_test(test_py_infinite_output),

@@ -2396,6 +2396,11 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
                 Stem slot = STEM_NULL;
 
                 k = slot_acquire(sb, &slot);
+                if (k == -EBUSY && sb->warm.pid > 0) {
+                        /* the last free slot went to a warm sandbox of another language */
+                        warm_discard(sb);
+                        k = slot_acquire(sb, &slot);
+                }
                 if (k < 0)
                         return k;
                 slot_give(r, &slot);

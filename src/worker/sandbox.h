@@ -176,8 +176,9 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
  * sandbox_start() only writes the program and lets it go. The prepared child executes
  * bubblewrap with the run's command line and an empty working directory; bubblewrap sets up
  * the sandbox and waits before it starts the program. Nothing of any task is in it. At most
- * one such sandbox exists; it is kept until a run of its language takes it, or the sandbox is
- * freed (it costs one more slot and a waiting bubblewrap). Languages with a build step
+ * one such sandbox exists; it is kept until a run of its language takes it, a run of another
+ * language needs its slot (the last free one), or the sandbox is freed (it costs one more slot
+ * and a waiting bubblewrap). Languages with a build step
  * (C#) are not prepared this way: which command runs first depends on the program.
  * Returns 1 when a sandbox was set up, 0 when there was nothing to do (another one waits, or
  * the language has a build step), < 0 on failure (the next run then starts as usual). e: the

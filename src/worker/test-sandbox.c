@@ -1022,6 +1022,30 @@ static void test_warm(void **state) {
         }
 }
 
+/* A warm sandbox does not keep a run of another language from the last free slot. */
+static void test_warm_last_slot(void **state) {
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        _cleanup_(sandbox_freep) Sandbox *one = NULL;
+        _cleanup_free_ char *error = NULL;
+        SandboxSettings s;
+        SandboxResult res = {};
+
+        test_settings(&s);
+        s.uid_min = s.uid_max = TEST_UID_SINGLE + 13;
+        if (sandbox_new(&s, &one, &error) < 0)
+                fail_msg("%s", strna(error));
+        assert_int_equal(sd_event_new(&e), 0);
+
+        assert_int_equal(sandbox_warm(one, e, LANGUAGE_PYTHON), 1);
+        assert_int_equal(warm_slot(s.uid_min, s.uid_max), s.uid_min);
+        run_full(one, LANGUAGE_CSHARP, CS("Console.Write(7);"), NULL, 0, 0, &res);
+        assert_verdict(&res, SANDBOX_VERDICT_OK);
+        assert_string_equal(res.stdout_data, "7");
+        assert_int_equal(res.uid, s.uid_min);
+        assert_clean(&res);
+        sandbox_result_done(&res);
+}
+
 /* The program gets stdin, stdout and stderr, and no other fd of ours (the status and block
  * pipes of the set-up, other runs' pipes, cgroup files). */
 static void test_py_no_fds_leaked(void **state) {
@@ -1905,6 +1929,7 @@ int main(void) {
                 cmocka_unit_test(test_slot_sweep),
                 cmocka_unit_test(test_prepared_child),
                 cmocka_unit_test(test_warm),
+                cmocka_unit_test(test_warm_last_slot),
                 cmocka_unit_test(test_py_no_fds_leaked),
                 cmocka_unit_test(test_bwrap_setup_failure),
                 cmocka_unit_test(test_py_infinite_output),

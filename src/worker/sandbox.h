@@ -33,7 +33,7 @@
  * bubblewrap. So a sandbox holds as many slots as it had runs at once at its busiest, plus
  * one (two for one run at a time: the slots alternate), and the process has one more child
  * (root, in the prepared slot's cgroup, holding nothing of any run). sandbox_warm() goes one
- * step further for a run that is about to come: see there.
+ * step further for a run that is about to come, in one more slot: see there.
  *
  * Process requirements and side effects of sandbox_new(): runs as root; SIGCHLD must not be
  * SIG_IGN (children are reaped through pidfds, so SIGCHLD need not be blocked); SIGPIPE is

@@ -1687,6 +1687,17 @@ static void warm_discard(Sandbox *sb) {
         stem_discard(s);
 }
 
+/* There is a warm stem for a run of language, its bubblewrap still there. One whose
+ * bubblewrap gave up is discarded: the run starts afresh. */
+static bool warm_ready(Sandbox *sb, Language language) {
+        if (sb->warm.pid <= 0 || sb->warm.warm != language)
+                return false;
+        if (stem_alive(&sb->warm))
+                return true;
+        warm_discard(sb);
+        return false;
+}
+
 /* Synchronous teardown of whatever the current phase has (errors, sandbox_run_free()). */
 static void phase_cleanup_sync(SandboxRun *r) {
         int k;
@@ -2380,9 +2391,7 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
                                       ? USEC_INFINITY
                                       : r->start_time + max_runtime;
 
-        if (sb->warm.pid > 0 && sb->warm.warm == req->language && !stem_alive(&sb->warm))
-                warm_discard(sb); /* its bubblewrap gave up: start afresh */
-        if (sb->warm.pid > 0 && sb->warm.warm == req->language) {
+        if (warm_ready(sb, req->language)) {
                 /* set up for us already, waiting at the gate */
                 slot_give(r, &sb->warm);
                 r->stem = sb->warm;
@@ -2469,27 +2478,23 @@ int sandbox_warm(Sandbox *sb, sd_event *e, Language language) {
         if (sb->warm.pid > 0)
                 return 0; /* one at most; it waits for a run of its language */
 
+        k = stem_spawn(sb); /* the stem at hand, or a new one */
+        if (k < 0)
+                return k;
         s = &sb->stem;
-        if (s->pid <= 0) {
-                k = stem_spawn(sb);
-                if (k < 0)
-                        return k;
-        }
         k = slot_workdir_create(sb, s->workdir_path, s->uid, &s->workdir);
         if (k >= 0)
                 k = build_argv(sb, rn, s->workdir_path, rn->run_argv, &argv);
         if (k >= 0)
                 k = stem_send(s, argv);
-        if (k < 0) {
+        if (k >= 0) {
+                s->warm = language;
+                sb->warm = *s;
+                *s = STEM_NULL;
+        } else
                 stem_discard(s);
-                stem_schedule(sb, e);
-                return k;
-        }
-        s->warm = language;
-        sb->warm = *s;
-        *s = STEM_NULL;
         stem_schedule(sb, e);
-        return 1;
+        return k < 0 ? k : 1;
 }
 
 typedef struct SyncState {

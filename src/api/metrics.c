@@ -299,10 +299,14 @@ int metrics_format(const Metrics *m, const MetricsGauges *g, char **ret) {
                 "# HELP dtask_api_waiters Requests waiting for a task to finish (?wait=).\n"
                 "# TYPE dtask_api_waiters gauge\n"
                 "dtask_api_waiters %" PRIu64 "\n"
+                "# HELP dtask_api_task_creates_waiting Creates waiting for one of the database statements that "
+                "write them in batches.\n"
+                "# TYPE dtask_api_task_creates_waiting gauge\n"
+                "dtask_api_task_creates_waiting %" PRIu64 "\n"
                 "# HELP dtask_api_http_connections Open HTTP connections.\n"
                 "# TYPE dtask_api_http_connections gauge\n"
                 "dtask_api_http_connections %" PRIu64 "\n",
-                g->database_connected, g->broker_connected, g->waiters, g->http_connections);
+                g->database_connected, g->broker_connected, g->waiters, g->creates_waiting, g->http_connections);
         if (g->have_task_cache)
                 fprintf(f,
                         "# HELP dtask_api_task_cache_lookups_total Reads of GET /api/tasks/{id} from the task cache, "

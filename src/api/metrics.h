@@ -20,6 +20,7 @@ typedef struct MetricsGauges {
         bool database_connected;
         bool broker_connected;
         uint64_t waiters;
+        uint64_t creates_waiting;
         uint64_t http_connections;
         bool have_task_cache;                /* false: TASK_CACHE_SIZE=0 */
         TaskCacheStats task_cache;

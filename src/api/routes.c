@@ -74,6 +74,7 @@ static void metrics_reply(MetricsCall *c, const TaskStats *stats) {
                 .database_connected = pg_pool_is_connected(m->pool),
                 .broker_connected = dispatch_is_connected(m->dispatch),
                 .waiters = waiters_count(m->waiters),
+                .creates_waiting = task_store_creates_waiting(m->store),
                 .http_connections = http_server_n_connections(m->http),
                 .have_task_cache = m->cache != NULL,
         };

@@ -11,6 +11,15 @@
 /* Confirmed publications wait here to be recorded, see task_store_mark_published(). */
 #define MARKS_MAX 256U
 
+/* Creates without an Idempotency-Key, see task_store_insert(): statements in flight at most,
+ * rows and bytes (name, code, input) of one statement at most, creates waiting at most. */
+#define CREATES_IN_FLIGHT 2U
+#define CREATE_BATCH_ROWS 64U
+#define CREATE_BATCH_BYTES (1024U * 1024U)
+#define CREATES_WAITING_MAX 1024U
+
+typedef struct StoreOp StoreOp;
+
 typedef struct PublishedMark {
         char id[UUID_STRING_MAX];
         unsigned retry_count;
@@ -24,6 +33,10 @@ struct TaskStore {
         PublishedMark marks[MARKS_MAX];
         unsigned n_marks;
         unsigned marks_in_flight;
+
+        StoreOp **creates; /* waiting for a statement, oldest first */
+        size_t n_creates;
+        unsigned creates_in_flight;
 };
 
 /* Times as integer microseconds since the epoch (exact: extract() is numeric). */
@@ -83,9 +96,10 @@ typedef enum StoreOpKind {
         OP_COMMAND,    /* no rows expected */
         OP_IDEM_LOOKUP,
         OP_IDEM_INSERT,
+        OP_CREATE,     /* a create alone in its statement: as OP_TASK, counted in creates_in_flight */
 } StoreOpKind;
 
-typedef struct StoreOp {
+struct StoreOp {
         TaskStore *store;
         StoreOpKind kind;
         TaskStoreCallback cb;
@@ -94,11 +108,13 @@ typedef struct StoreOp {
         void *userdata;
         char changed[UUID_STRING_MAX]; /* a statement that may change this task: forgotten by the cache */
 
-        /* insert with Idempotency-Key: the parameters are kept for the second round */
+        /* insert: the parameters are kept for a later statement (a batch, or with
+         * Idempotency-Key the second round) */
         char *params[11];
         char hash_hex[65];
         unsigned lookups;
-} StoreOp;
+        size_t bytes; /* of name, code and input: the size of a batch is kept under CREATE_BATCH_BYTES */
+};
 
 static StoreOp *store_op_free(StoreOp *op) {
         if (!op)
@@ -123,6 +139,15 @@ int task_store_new(TaskStore **ret, PgPool *pool, uint64_t timeout_usec, TaskCac
 }
 
 TaskStore *task_store_free(TaskStore *s) {
+        if (!s)
+                return NULL;
+        /* creates that never reached the database */
+        for (size_t i = 0; i < s->n_creates; i++) {
+                _cleanup_(store_op_freep) StoreOp *op = s->creates[i];
+
+                op->cb(-ECANCELED, NULL, false, op->userdata);
+        }
+        free(s->creates);
         return mfree(s);
 }
 
@@ -254,6 +279,7 @@ static void deliver_stats(StoreOp *op, int error, const PGresult *result) {
 
 static int idempotency_lookup(StoreOp *op);
 static int idempotency_insert(StoreOp *op);
+static void creates_next(TaskStore *s);
 
 static void on_result(PgPool *pool, const PGresult *result, int error, void *userdata) {
         _cleanup_(store_op_freep) StoreOp *op = userdata;
@@ -261,6 +287,12 @@ static void on_result(PgPool *pool, const PGresult *result, int error, void *use
 
         switch (op->kind) {
         case OP_TASK:
+                deliver_task(op, error, result);
+                break;
+        case OP_CREATE:
+                op->store->creates_in_flight--;
+                if (error != -ECANCELED)
+                        creates_next(op->store); /* first: the database gets the next statement sooner */
                 deliver_task(op, error, result);
                 break;
         case OP_LIST:
@@ -363,14 +395,202 @@ static int run_task_change(TaskStore *s, const char *sql, int n, const char *con
 
 /* insert: $1 id, $2 name, $3 code, $4 language, $5 input_data, $6 owner, $7 ttl µs, $8 max_attempts,
  * $9 idempotency key, $10 request hash (hex), $11 retention µs */
-#define INSERT_TASK                                                                                          \
-        "INSERT INTO tasks (id, name, code, language, input_data, owner_id, ttl, expires_at, max_attempts) " \
-        "VALUES ($1::uuid, $2, $3, $4::smallint, $5, $6::uuid, " INTERVAL_USEC("$7") ", "                   \
-        "now() + " INTERVAL_USEC("$7") ", $8::integer)"
+#define INSERT_TASK_COLUMNS \
+        "INSERT INTO tasks (id, name, code, language, input_data, owner_id, ttl, expires_at, max_attempts) "
+#define INSERT_TASK                                                                                   \
+        INSERT_TASK_COLUMNS "VALUES ($1::uuid, $2, $3, $4::smallint, $5, $6::uuid, " INTERVAL_USEC("$7") \
+                            ", now() + " INTERVAL_USEC("$7") ", $8::integer)"
 
 static const char sql_insert[] =
         "WITH ins AS (" INSERT_TASK " RETURNING *), " OUTBOX_ADD("ins", "true", "NULL") " "
         "SELECT " TASK_COLUMNS " FROM ins";
+
+/* Several creates in one statement: the parameters of sql_insert as arrays, one element per task. */
+static const char sql_insert_batch[] =
+        "WITH ins AS (" INSERT_TASK_COLUMNS "SELECT id, name, code, language, input_data, owner_id, "
+        INTERVAL_USEC("ttl") ", now() + " INTERVAL_USEC("ttl") ", max_attempts "
+        "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::uuid[], $7::bigint[], "
+        "$8::integer[]) AS n(id, name, code, language, input_data, owner_id, ttl, max_attempts) RETURNING *), "
+        OUTBOX_ADD("ins", "true", "NULL") " SELECT " TASK_COLUMNS " FROM ins";
+#define INSERT_PARAMS 8
+
+typedef struct CreateBatch {
+        TaskStore *store;
+        StoreOp *ops[CREATE_BATCH_ROWS];
+        size_t n_ops;
+} CreateBatch;
+
+/* One element of an array literal in PostgreSQL's text format, quoted, or NULL. Written to out
+ * unless that is NULL; returns its length either way. */
+static size_t array_element(const char *v, char *out) {
+        size_t n = 0;
+
+        if (!v) {
+                if (out)
+                        memcpy(out, "NULL", 4);
+                return 4;
+        }
+        if (out)
+                out[n] = '"';
+        n++;
+        for (; *v != '\0'; v++) {
+                if (*v == '"' || *v == '\\') {
+                        if (out)
+                                out[n] = '\\';
+                        n++;
+                }
+                if (out)
+                        out[n] = *v;
+                n++;
+        }
+        if (out)
+                out[n] = '"';
+        return n + 1;
+}
+
+/* Parameter `param` of each create as one array literal: {"a","b",NULL}. */
+static char *array_literal(StoreOp *const *ops, size_t n_ops, size_t param) {
+        size_t size = 2, k = 0;
+        char *buf;
+
+        for (size_t i = 0; i < n_ops; i++)
+                size += (i > 0) + array_element(ops[i]->params[param], NULL);
+        buf = malloc(size + 1);
+        if (!buf)
+                return NULL;
+        buf[k++] = '{';
+        for (size_t i = 0; i < n_ops; i++) {
+                if (i > 0)
+                        buf[k++] = ',';
+                k += array_element(ops[i]->params[param], buf + k);
+        }
+        buf[k++] = '}';
+        buf[k] = '\0';
+        return buf;
+}
+
+static void create_fail(StoreOp *op, int error) {
+        op->cb(error, NULL, false, op->userdata);
+        store_op_free(op);
+}
+
+static void on_batch_result(PgPool *pool, const PGresult *result, int error, void *userdata);
+
+/* Sends creates: one alone with sql_insert, several as one statement. Takes the ops on success. */
+static int creates_send(TaskStore *s, StoreOp *const *ops, size_t n_ops) {
+        _cleanup_free_ CreateBatch *b = NULL;
+        char *arrays[INSERT_PARAMS] = {};
+        int r = 0;
+
+        assert(n_ops > 0 && n_ops <= CREATE_BATCH_ROWS);
+        if (n_ops == 1) {
+                ops[0]->kind = OP_CREATE;
+                r = query(s, ops[0], sql_insert, INSERT_PARAMS, (const char *const *) ops[0]->params);
+                if (r < 0)
+                        return r;
+                s->creates_in_flight++;
+                return 0;
+        }
+
+        b = calloc(1, sizeof(CreateBatch));
+        if (!b)
+                return -ENOMEM;
+        for (size_t i = 0; i < INSERT_PARAMS && r >= 0; i++)
+                if (!(arrays[i] = array_literal(ops, n_ops, i)))
+                        r = -ENOMEM;
+        if (r >= 0)
+                r = pg_pool_query(s->pool, sql_insert_batch, INSERT_PARAMS, (const char *const *) arrays,
+                                  s->timeout_usec, on_batch_result, b, NULL);
+        for (size_t i = 0; i < INSERT_PARAMS; i++)
+                free(arrays[i]);
+        if (r < 0)
+                return r;
+        b->store = s;
+        memcpy(b->ops, ops, n_ops * sizeof(StoreOp *));
+        b->n_ops = n_ops;
+        s->creates_in_flight++;
+        TAKE_PTR(b);
+        return 0;
+}
+
+/* While fewer than CREATES_IN_FLIGHT statements are in flight, the oldest waiting creates go,
+ * as many as fit into one. Called when a create statement ended, unless the pool is being freed
+ * (-ECANCELED): task_store_free() answers the waiting ones. */
+static void creates_next(TaskStore *s) {
+        while (s->n_creates > 0 && s->creates_in_flight < CREATES_IN_FLIGHT) {
+                StoreOp *ops[CREATE_BATCH_ROWS];
+                size_t n = 0, bytes = 0;
+                int r;
+
+                for (; n < s->n_creates && n < CREATE_BATCH_ROWS; n++) {
+                        bytes += s->creates[n]->bytes;
+                        if (n > 0 && bytes > CREATE_BATCH_BYTES)
+                                break;
+                        ops[n] = s->creates[n];
+                }
+                s->n_creates -= n;
+                memmove(s->creates, s->creates + n, s->n_creates * sizeof(StoreOp *));
+
+                r = creates_send(s, ops, n);
+                if (r < 0)
+                        for (size_t i = 0; i < n; i++)
+                                create_fail(ops[i], r);
+        }
+}
+
+static void on_batch_result(PgPool *pool, const PGresult *result, int error, void *userdata) {
+        _cleanup_free_ CreateBatch *b = userdata;
+        TaskStore *s = b->store;
+        int r;
+
+        s->creates_in_flight--;
+        if (error == -EBADMSG) {
+                /* The server refused the statement (a constraint or a trigger refused one row, say):
+                 * the other creates must not fail with that one. */
+                log_warning("The database refused a statement of %zu creates (SQLSTATE %s); sending them one "
+                            "by one.", b->n_ops, strna(pg_result_sqlstate(result)));
+                for (size_t i = 0; i < b->n_ops; i++) {
+                        r = creates_send(s, &b->ops[i], 1);
+                        if (r < 0)
+                                create_fail(b->ops[i], r);
+                }
+                creates_next(s); /* when none of them could be sent */
+                return;
+        }
+        if (error != -ECANCELED)
+                creates_next(s);
+
+        for (size_t i = 0; i < b->n_ops; i++) {
+                _cleanup_(store_op_freep) StoreOp *op = b->ops[i];
+                _cleanup_(task_freep) Task *t = NULL;
+
+                r = error;
+                if (r >= 0) {
+                        r = -EBADMSG; /* unless its row is there */
+                        for (int row = 0; row < PQntuples(result); row++)
+                                if (streq(PQgetvalue(result, row, COL_ID), op->params[0])) {
+                                        r = task_from_row(result, row, &t);
+                                        break;
+                                }
+                }
+                op->cb(r, r < 0 ? NULL : &t, r >= 0, op->userdata);
+        }
+}
+
+/* A create goes at once while fewer than CREATES_IN_FLIGHT are in flight (then none waits). */
+static int create_enqueue(TaskStore *s, StoreOp *op) {
+        if (s->creates_in_flight < CREATES_IN_FLIGHT)
+                return creates_send(s, &op, 1);
+        if (s->n_creates >= CREATES_WAITING_MAX)
+                return -EAGAIN;
+        if (!s->creates) {
+                s->creates = calloc(CREATES_WAITING_MAX, sizeof(StoreOp *));
+                if (!s->creates)
+                        return -ENOMEM;
+        }
+        s->creates[s->n_creates++] = op;
+        return 0;
+}
 
 static const char sql_idem_delete_stale[] =
         "DELETE FROM idempotency_keys WHERE owner_id = $1::uuid AND key = $2 "
@@ -434,21 +654,24 @@ int task_store_insert(TaskStore *s, const TaskInsert *in, TaskStoreCallback cb, 
                 FMT_USEC(retention, in->idempotency_retention),
         };
 
-        if (!in->idempotency_key) {
-                r = query(s, op, sql_insert, 8, values);
-                if (r < 0)
-                        return r;
-                TAKE_PTR(op);
-                return 0;
+        if (in->idempotency_key) {
+                for (size_t i = 0; i < 32; i++)
+                        snprintf(op->hash_hex + 2 * i, 3, "%02x", in->request_hash[i]);
+                values[9] = op->hash_hex;
         }
-
-        for (size_t i = 0; i < 32; i++)
-                snprintf(op->hash_hex + 2 * i, 3, "%02x", in->request_hash[i]);
-        values[9] = op->hash_hex;
         for (size_t i = 0; i < ELEMENTSOF(values); i++) {
                 r = strdup_or_null(values[i], &op->params[i]);
                 if (r < 0)
                         return r;
+        }
+
+        if (!in->idempotency_key) {
+                op->bytes = strlen(c->name) + strlen(c->code) + (c->input_data ? strlen(c->input_data) : 0);
+                r = create_enqueue(s, op);
+                if (r < 0)
+                        return r;
+                TAKE_PTR(op);
+                return 0;
         }
 
         r = idempotency_lookup(op);
@@ -456,6 +679,10 @@ int task_store_insert(TaskStore *s, const TaskInsert *in, TaskStoreCallback cb, 
                 return r;
         TAKE_PTR(op);
         return 0;
+}
+
+size_t task_store_creates_waiting(const TaskStore *s) {
+        return s->n_creates;
 }
 
 int task_store_get(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata) {

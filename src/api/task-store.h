@@ -39,7 +39,16 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(TaskStore *, task_store_free);
 
 /* Creates a task with a new random id. With idempotency_key (and its request hash):
  * an existing task created by the same owner with the same key within retention is
- * returned instead (applied false); when its request hash differs, error is -EILSEQ. */
+ * returned instead (applied false); when its request hash differs, error is -EILSEQ.
+ *
+ * Without idempotency_key, creates are written in batches: a create goes to the database at
+ * once while fewer than two such statements are in flight; else it waits, and when one of
+ * them ends, the waiting creates go together, up to 64 (and 1 MiB of name, code and input)
+ * in one statement and one commit. Under load the database then commits a few dozen tasks
+ * at a time instead of each on its own. Every task of a batch has the same createdAt (the
+ * transaction's time). When the server refuses such a statement (a constraint or a trigger
+ * refused one row), its creates are sent again one by one, so that only that one fails.
+ * -EAGAIN when 1024 creates wait already. */
 typedef struct TaskInsert {
         const TaskCreate *create;
         const char *owner_id;
@@ -49,6 +58,8 @@ typedef struct TaskInsert {
         usec_t idempotency_retention;
 } TaskInsert;
 int task_store_insert(TaskStore *s, const TaskInsert *insert, TaskStoreCallback cb, void *userdata);
+/* Creates waiting for a statement now (for /metrics). */
+size_t task_store_creates_waiting(const TaskStore *s);
 
 int task_store_get(TaskStore *s, const char *id, const char *owner, TaskStoreCallback cb, void *userdata);
 

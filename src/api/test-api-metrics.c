@@ -48,6 +48,7 @@ static void test_format(void **state) {
                 .oldest_pending_age_usec = 1500000,
                 .database_connected = true,
                 .waiters = 5,
+                .creates_waiting = 6,
                 .http_connections = 7,
                 .have_task_cache = true,
                 .task_cache = { .hits = 90, .misses = 10, .entries = 8, .bytes = 8192 },
@@ -81,6 +82,7 @@ static void test_format(void **state) {
         assert_non_null(strstr(text, "dtask_api_up{dependency=\"postgresql\"} 1\n"));
         assert_non_null(strstr(text, "dtask_api_up{dependency=\"rabbitmq\"} 0\n"));
         assert_non_null(strstr(text, "dtask_api_waiters 5\n"));
+        assert_non_null(strstr(text, "dtask_api_task_creates_waiting 6\n"));
         assert_non_null(strstr(text, "dtask_api_task_cache_lookups_total{result=\"hit\"} 90\n"));
         assert_non_null(strstr(text, "dtask_api_task_cache_lookups_total{result=\"miss\"} 10\n"));
         assert_non_null(strstr(text, "dtask_api_task_cache_entries 8\n"));

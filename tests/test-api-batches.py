@@ -71,8 +71,11 @@ def gauge(base, name):
 
 
 def waiting_in_database(n):
-    return wait_for(lambda: sql_value("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                      "AND wait_event = 'advisory'") == str(n))
+    """n sessions wait for LOCK (not for any other advisory lock, such as the migrations' one
+    of a dtask-api or dtask-keys that another test starts meanwhile)."""
+    return wait_for(lambda: sql_value("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                                      f"AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = {LOCK}")
+                    == str(n))
 
 
 def hold_two(api):

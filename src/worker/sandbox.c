@@ -2347,6 +2347,7 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
                   SandboxRun **ret) {
         _cleanup_(sandbox_run_freep) SandboxRun *r = NULL;
         usec_t max_runtime;
+        Stem *prepared;
         RunPhase first = PHASE_RUN;
         int k;
 
@@ -2391,16 +2392,13 @@ int sandbox_start(Sandbox *sb, sd_event *e, const SandboxRequest *req, SandboxDo
                                       ? USEC_INFINITY
                                       : r->start_time + max_runtime;
 
-        if (warm_ready(sb, req->language)) {
-                /* set up for us already, waiting at the gate */
-                slot_give(r, &sb->warm);
-                r->stem = sb->warm;
-                sb->warm = STEM_NULL;
-        } else if (sb->stem.pid > 0) {
-                /* prepared for us: the slot, and a child in its cgroup (its pipes, pid, pidfd) */
-                slot_give(r, &sb->stem);
-                r->stem = sb->stem;
-                sb->stem = STEM_NULL;
+        /* prepared for us: the slot, and a child in its cgroup (its pipes, pid, pidfd); a warm
+         * one's bubblewrap has set the sandbox up already and waits at the gate */
+        prepared = warm_ready(sb, req->language) ? &sb->warm : sb->stem.pid > 0 ? &sb->stem : NULL;
+        if (prepared) {
+                slot_give(r, prepared);
+                r->stem = *prepared;
+                *prepared = STEM_NULL;
         } else {
                 Stem slot = STEM_NULL;
 

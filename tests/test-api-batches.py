@@ -27,8 +27,8 @@ import uuid
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(__file__))
-from test_api_lib import (DB, PSQL, AmqpListener, Instance, check, create, finish, http, in_outbox, sql,  # noqa: E402
-                          sql_value, wait_for)
+from test_api_lib import (DB, PSQL, AmqpListener, Instance, check, create, finish, in_outbox, metric,  # noqa: E402
+                          sql, sql_value, wait_for)
 
 RUN = uuid.uuid4().hex[:12]
 PREFIX = f"batch-{RUN}"
@@ -60,14 +60,6 @@ def in_background(fn, *args, **kwargs):
     t = threading.Thread(target=lambda: out.setdefault("r", fn(*args, **kwargs)))
     t.start()
     return t, out
-
-
-def gauge(base, name):
-    r = http("GET", "/metrics", key=None, base=base)
-    for line in r.body.decode().splitlines() if r.status == 200 else []:
-        if line.startswith(name + " "):
-            return int(float(line.split()[1]))
-    return None
 
 
 def waiting_in_database(n):
@@ -110,7 +102,7 @@ def test_batch(api, listener):
             b["name"] = "NULL"
         bodies.append(b)
     started = [in_background(create, b, base=api.url) for b in bodies]
-    check(wait_for(lambda: gauge(api.url, "dtask_api_task_creates_waiting") == 20),
+    check(wait_for(lambda: metric(api.url, "dtask_api_task_creates_waiting") == 20),
           "/metrics: 20 creates wait for a statement")
     holder.release()
     answers = await_all(started)
@@ -134,7 +126,7 @@ def test_batch(api, listener):
     check(len({t["createdAt"] for _, t in ok}) == 1, "the 20 were written by one statement (one createdAt)")
     check(wait_for(lambda: not any(in_outbox(i) for i in ids)), "the broker confirmed each: the outbox is empty")
     check(all(listener.find(lambda m, i=i: m.get("body") == f'"{i}"') for i in ids), "each task was published")
-    check(gauge(api.url, "dtask_api_task_creates_waiting") == 0, "/metrics: none waits any more")
+    check(metric(api.url, "dtask_api_task_creates_waiting") == 0, "/metrics: none waits any more")
 
 
 def test_refused_row(api):
@@ -142,7 +134,7 @@ def test_refused_row(api):
     names = [f"{PREFIX}-r{i}" for i in range(10)]
     names[4] = REFUSED
     started = [in_background(create, name=n, base=api.url) for n in names]
-    check(wait_for(lambda: gauge(api.url, "dtask_api_task_creates_waiting") == 10),
+    check(wait_for(lambda: metric(api.url, "dtask_api_task_creates_waiting") == 10),
           "/metrics: 10 creates wait, one of them to be refused")
     holder.release()
     answers = await_all(started)
@@ -163,7 +155,7 @@ def test_stop_while_waiting():
     holder, gates = hold_two(api)
     names = [f"{PREFIX}-s{i}" for i in range(5)]
     started = [in_background(create, name=n, base=api.url) for n in names]
-    check(wait_for(lambda: gauge(api.url, "dtask_api_task_creates_waiting") == 5), "/metrics: 5 creates wait")
+    check(wait_for(lambda: metric(api.url, "dtask_api_task_creates_waiting") == 5), "/metrics: 5 creates wait")
     code = api.stop()
     holder.release()
     answers = await_all(started + gates)

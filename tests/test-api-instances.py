@@ -16,7 +16,6 @@
   - SIGTERM: clean exit with status 0."""
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import uuid
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(__file__))
 from test_api_lib import (API, KEY, Instance, check, create, deactivate_keys, finish, free_port, http,  # noqa: E402
-                          insert_task, key_id, make_key, row, sql, wait_for)
+                          insert_task, key_id, make_key, metric, row, sql, wait_for)
 
 ME = key_id(KEY)
 
@@ -204,12 +203,6 @@ def test_task_cache():
         sql(f"UPDATE tasks SET status = 5 WHERE id = '{tid}' AND status IN (0, 1)")
     finally:
         b.stop()
-
-
-def metric(base, name):
-    text = http("GET", "/metrics", key=None, base=base).body.decode()
-    m = re.search(r"^" + re.escape(name) + r" (\d+)$", text, re.M)
-    return int(m.group(1)) if m else None
 
 
 def test_metrics_counts():

@@ -7,6 +7,7 @@ that misses a variable exits 77 (skipped). Only the Python standard library is u
 import http.client as httpclient
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -147,6 +148,13 @@ def sql(query):
 def sql_value(query):
     rows = sql(query)
     return rows[0][0] if rows else None
+
+
+def metric(base, name):
+    """The value of an unlabelled integer series of dtask-api's /metrics, None when missing."""
+    text = http("GET", "/metrics", key=None, base=base).body.decode()
+    m = re.search(r"^" + re.escape(name) + r" (\d+)$", text, re.M)
+    return int(m.group(1)) if m else None
 
 
 def wait_for(predicate, timeout=10, interval=0.05):

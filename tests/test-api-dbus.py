@@ -12,7 +12,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(__file__))
-from test_api_lib import check, env, finish, http, insert_task, sql, sql_value, wait_for  # noqa: E402
+from test_api_lib import check, env, finish, http, insert_task, sql, sql_value  # noqa: E402
 
 BUS = env("DBUS_SYSTEM_BUS_ADDRESS")
 DEST, PATH, IFACE = "org.dtask.Tasks1", "/org/dtask/Tasks1", "org.dtask.Tasks1.Manager"

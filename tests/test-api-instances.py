@@ -26,7 +26,7 @@ import uuid
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(__file__))
 from test_api_lib import (API, KEY, Instance, check, create, deactivate_keys, finish, free_port, http,  # noqa: E402
-                          insert_task, key_id, make_key, metric, row, sql, wait_for)
+                          insert_task, key_id, make_key, metric, sql, wait_for)
 
 ME = key_id(KEY)
 

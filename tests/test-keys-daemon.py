@@ -9,12 +9,10 @@ test cuts) answered with 503 while the daemon keeps serving."""
 
 import importlib.util
 import os
-import re
 import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import unittest

@@ -210,7 +210,7 @@ def test_concurrent_reapers_expire_once():
         check(codes == [0, 0, 0], "three concurrent reapers exit 0")
         left = sql(f"SELECT count(*) FROM tasks WHERE owner_id = '{OWNER}' AND name LIKE 'bulk %' AND status <> 4")
         check(left == [["0"]], "all 300 overdue tasks are Expired")
-        dup = sql(f"""SELECT count(*), count(DISTINCT task_id) FROM reaper_test_expirations e
+        dup = sql("""SELECT count(*), count(DISTINCT task_id) FROM reaper_test_expirations e
                       JOIN tasks t ON t.id = e.task_id WHERE t.name LIKE 'bulk %'""")
         check(dup == [["300", "300"]], f"each task was expired exactly once (transitions, distinct: {dup})")
     finally:

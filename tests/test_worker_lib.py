@@ -12,7 +12,6 @@ those tasks, and the dev dtask-api is never stopped."""
 import http.client as httpclient
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys

@@ -279,7 +279,7 @@ static void deliver_stats(StoreOp *op, int error, const PGresult *result) {
 
 static int idempotency_lookup(StoreOp *op);
 static int idempotency_insert(StoreOp *op);
-static void creates_next(TaskStore *s);
+static void create_statement_ended(TaskStore *s, int error);
 
 static void on_result(PgPool *pool, const PGresult *result, int error, void *userdata) {
         _cleanup_(store_op_freep) StoreOp *op = userdata;
@@ -290,9 +290,7 @@ static void on_result(PgPool *pool, const PGresult *result, int error, void *use
                 deliver_task(op, error, result);
                 break;
         case OP_CREATE:
-                op->store->creates_in_flight--;
-                if (error != -ECANCELED)
-                        creates_next(op->store); /* first: the database gets the next statement sooner */
+                create_statement_ended(op->store, error); /* first: the database gets the next statement sooner */
                 deliver_task(op, error, result);
                 break;
         case OP_LIST:
@@ -514,8 +512,7 @@ static int creates_send(TaskStore *s, StoreOp *const *ops, size_t n_ops) {
 }
 
 /* While fewer than CREATES_IN_FLIGHT statements are in flight, the oldest waiting creates go,
- * as many as fit into one. Called when a create statement ended, unless the pool is being freed
- * (-ECANCELED): task_store_free() answers the waiting ones. */
+ * as many as fit into one. */
 static void creates_next(TaskStore *s) {
         while (s->n_creates > 0 && s->creates_in_flight < CREATES_IN_FLIGHT) {
                 StoreOp *ops[CREATE_BATCH_ROWS];
@@ -538,12 +535,19 @@ static void creates_next(TaskStore *s) {
         }
 }
 
+/* A create statement ended: the next waiting creates may go, unless the pool is being freed
+ * (-ECANCELED): then task_store_free() answers the waiting ones. */
+static void create_statement_ended(TaskStore *s, int error) {
+        s->creates_in_flight--;
+        if (error != -ECANCELED)
+                creates_next(s);
+}
+
 static void on_batch_result(PgPool *pool, const PGresult *result, int error, void *userdata) {
         _cleanup_free_ CreateBatch *b = userdata;
         TaskStore *s = b->store;
         int r;
 
-        s->creates_in_flight--;
         if (error == -EBADMSG) {
                 /* The server refused the statement (a constraint or a trigger refused one row, say):
                  * the other creates must not fail with that one. */
@@ -554,11 +558,10 @@ static void on_batch_result(PgPool *pool, const PGresult *result, int error, voi
                         if (r < 0)
                                 create_fail(b->ops[i], r);
                 }
-                creates_next(s); /* when none of them could be sent */
+                create_statement_ended(s, error); /* for the waiting ones, when none of these could be sent */
                 return;
         }
-        if (error != -ECANCELED)
-                creates_next(s);
+        create_statement_ended(s, error);
 
         for (size_t i = 0; i < b->n_ops; i++) {
                 _cleanup_(store_op_freep) StoreOp *op = b->ops[i];

@@ -506,10 +506,10 @@ static void manager_check_ready(Manager *m) {
         m->ready = true;
         /* tools/dev waits for this line */
         log_notice("Ready: worker %s consuming %s with prefetch %u, %u sandbox slot(s) on %s cgroups at %s, "
-                   "API %s.",
+                   "runs started by %s, API %s.",
                    m->worker_name, strna(amqp_consumer_queue(m->consumer)), m->concurrency + m->lookahead,
                    sandbox_slots(m->sandbox), sandbox_cgroup_mode(m->sandbox), sandbox_cgroup_root(m->sandbox),
-                   m->api_url);
+                   sandbox_stem_helper(m->sandbox) ?: "fork", m->api_url);
         (void) sd_notify(false, "READY=1");
         manager_update_status(m);
 }

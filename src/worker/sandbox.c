@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 #include <fcntl.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pwd.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/file.h>
@@ -24,6 +26,7 @@
 #include "log.h"
 #include "sandbox-fs.h"
 #include "sandbox.h"
+#include "stem.h"
 
 #define DEFAULT_RUNTIME_DIR "/run/dtask-sandbox"
 #define DEFAULT_BWRAP "/usr/bin/bwrap"
@@ -34,11 +37,6 @@
 #define SETTLE_WATCH_MAX 4
 #define SETTLE_TIMEOUT_USEC (10 * USEC_PER_SEC)
 #define TRIM_TIMEOUT_USEC (2 * USEC_PER_SEC)
-/* The go message of a stem (see Stem): its size bounds the command line a stem can take;
- * below the pipe's capacity, so that writing it never blocks. */
-#define STEM_MSG_MAX (48 * 1024)
-#define STEM_ARGC_MAX 1024
-#define STEM_MAGIC 0x6d657473u
 
 static const char *const end_names[_SANDBOX_END_MAX] = {
         [SANDBOX_END_EXITED] = "exited",
@@ -112,6 +110,7 @@ struct Sandbox {
         SandboxSettings settings;
         char *runtime_dir;
         char *bwrap;
+        char *stem_helper; /* dtask-sandbox-stem spawns the children of runs; NULL: we fork them */
         int runtime_fd;
         int cache_fd;    /* <cache_dir>/csharp, or -EBADF */
         int children_fd; /* our /proc/self/task/<tid>/children, see reap_orphans() */
@@ -703,7 +702,48 @@ Sandbox *sandbox_free(Sandbox *sb) {
         safe_close(sb->children_fd);
         free(sb->runtime_dir);
         free(sb->bwrap);
+        free(sb->stem_helper);
         return mfree(sb);
+}
+
+/* The dtask-sandbox-stem to spawn the children of runs with (see stem.h): path, if given ("":
+ * none, fork them); else the one next to our own executable (a build tree), else the
+ * installed one, where it was built. *ret NULL: fork. */
+static int stem_helper_find(const char *path, char **ret, char **ret_error) {
+        char self[PATH_MAX + sizeof "/" STEM_HELPER_NAME];
+        const char *candidates[2] = {};
+        ssize_t n;
+
+        *ret = NULL;
+        if (path) {
+                if (isempty(path))
+                        return 0;
+                if (access(path, X_OK) < 0)
+                        return error_set(ret_error, -errno, "%s is not executable: %m", path);
+                *ret = strdup(path);
+                return *ret ? 0 : -ENOMEM;
+        }
+
+        n = readlink("/proc/self/exe", self, PATH_MAX);
+        if (n > 0 && n < PATH_MAX) {
+                char *slash;
+
+                self[n] = '\0';
+                slash = strrchr(self, '/');
+                if (slash) {
+                        strcpy(slash + 1, STEM_HELPER_NAME);
+                        candidates[0] = self;
+                }
+        }
+#ifdef STEM_HELPER_PATH
+        candidates[1] = STEM_HELPER_PATH;
+#endif
+        for (size_t i = 0; i < ELEMENTSOF(candidates); i++)
+                if (candidates[i] && access(candidates[i], X_OK) >= 0) {
+                        *ret = strdup(candidates[i]);
+                        return *ret ? 0 : -ENOMEM;
+                }
+        return 0;
 }
 
 int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
@@ -747,7 +787,8 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         sb->runtime_fd = sb->cache_fd = sb->children_fd = -EBADF;
         sb->stem = sb->warm = STEM_NULL;
         sb->settings = *s;
-        sb->settings.cgroup_root = sb->settings.runtime_dir = sb->settings.cache_dir = sb->settings.bwrap_path = NULL;
+        sb->settings.cgroup_root = sb->settings.runtime_dir = sb->settings.cache_dir = sb->settings.bwrap_path =
+                sb->settings.stem_helper_path = NULL;
         sb->settings.runners = (RunnerSettings) {};
 
         r = check_uid_range(s->uid_min, s->uid_max, ret_error);
@@ -763,6 +804,10 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
         sb->runtime_dir = strdup(s->runtime_dir ?: DEFAULT_RUNTIME_DIR);
         if (!sb->bwrap || !sb->runtime_dir)
                 return -ENOMEM;
+
+        r = stem_helper_find(s->stem_helper_path, &sb->stem_helper, ret_error);
+        if (r < 0)
+                return r;
 
         r = bwrap_version(sb->bwrap, &version);
         if (r < 0)
@@ -822,6 +867,10 @@ int sandbox_new(const SandboxSettings *s, Sandbox **ret, char **ret_error) {
 
 const char *sandbox_cgroup_mode(const Sandbox *sb) {
         return cgroup_mode_to_string(cgroup_root_mode(sb->cgroup_root));
+}
+
+const char *sandbox_stem_helper(const Sandbox *sb) {
+        return sb->stem_helper;
 }
 
 const char *sandbox_cgroup_root(const Sandbox *sb) {
@@ -1069,26 +1118,6 @@ static void cache_store(SandboxRun *r) {
 /* ---------------------------------------------------------------------------------------- */
 /* the child */
 
-typedef struct ChildError {
-        char tag; /* 'E' */
-        int step;
-        int error;
-} ChildError;
-
-enum {
-        STEP_SIGNALS = 1,
-        STEP_SETSID,
-        STEP_CGROUP,
-        STEP_FDS,
-        STEP_RLIMITS,
-        STEP_CREDENTIALS,
-        STEP_PRCTL,
-        STEP_PARENT,
-        STEP_GO,
-        STEP_EXEC,
-        _STEP_MAX,
-};
-
 static const char *const step_names[_STEP_MAX] = {
         [STEP_SIGNALS] = "resetting signals",
         [STEP_SETSID] = "setsid",
@@ -1100,6 +1129,7 @@ static const char *const step_names[_STEP_MAX] = {
         [STEP_PARENT] = "parent died",
         [STEP_GO] = "reading the command line",
         [STEP_EXEC] = "executing bubblewrap",
+        [STEP_ARGS] = "arguments of " STEM_HELPER_NAME,
 };
 
 typedef struct ChildSetup {
@@ -1175,7 +1205,7 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
         for (size_t i = 0; i < n_src; i++)
                 if (dup2(src[i], 3 + (int) i) < 0)
                         child_fail(src[1], STEP_FDS, errno);
-        status_fd = 4;
+        status_fd = STEM_FD_STATUS;
         if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0 || close_range(3 + (unsigned) n_src, ~0U, 0) < 0)
                 child_fail(status_fd, STEP_FDS, errno);
         for (size_t i = 0; i < c->n_cgroup_fds; i++)
@@ -1191,7 +1221,7 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 size_t got = 0, argc = 0;
 
                 for (char *p = (char *) hdr; got < sizeof hdr;) {
-                        ssize_t k = read(5, p + got, sizeof hdr - got);
+                        ssize_t k = read(STEM_FD_CTL, p + got, sizeof hdr - got);
                         if (k < 0 && errno == EINTR)
                                 continue;
                         if (k == 0 && got == 0)
@@ -1203,7 +1233,7 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 if (hdr[0] != STEM_MAGIC || hdr[1] == 0 || hdr[1] > STEM_MSG_MAX)
                         child_fail(status_fd, STEP_GO, EBADMSG);
                 for (got = 0; got < hdr[1];) {
-                        ssize_t k = read(5, c->msg_buf + got, hdr[1] - got);
+                        ssize_t k = read(STEM_FD_CTL, c->msg_buf + got, hdr[1] - got);
                         if (k < 0 && errno == EINTR)
                                 continue;
                         if (k <= 0)
@@ -1220,7 +1250,7 @@ _noreturn_ static void child_exec(const ChildSetup *c) {
                 c->msg_argv[argc] = NULL;
         }
         /* bubblewrap gets 0-2, the block fd and the status fd (until the exec) */
-        if (close_range(5, ~0U, 0) < 0)
+        if (close_range(STEM_FD_CTL, ~0U, 0) < 0)
                 child_fail(status_fd, STEP_FDS, errno);
 
         rl.rlim_cur = rl.rlim_max = 0;
@@ -1300,6 +1330,72 @@ static void stem_discard(Stem *s) {
         s->workdir_path = mfree(s->workdir_path);
 }
 
+/* posix_spawn() of dtask-sandbox-stem for c, with c's fds at their fixed numbers (see stem.h).
+ * The file actions first copy every fd above all of them and all targets, then to its target,
+ * so that no copy overwrites an fd still to be copied; everything else is closed. */
+static int helper_spawn(const Sandbox *sb, const ChildSetup *c, pid_t *ret) {
+        const int src[] = { c->stdin_fd, c->stdout_fd, c->stderr_fd, c->block_fd, c->status_fd, c->ctl_fd };
+        char num[6][24];
+        _cleanup_free_ char **args = NULL;
+        size_t n_argv = c->argv ? strv_length(c->argv) : 0, n_fds = STEM_FD_CGROUP + c->n_cgroup_fds;
+        posix_spawn_file_actions_t fa;
+        posix_spawnattr_t attr;
+        sigset_t none, all;
+        int fd[STEM_FD_CGROUP + CGROUP_PROCS_FDS_MAX], high = (int) n_fds, k;
+
+        _Static_assert(ELEMENTSOF(src) == STEM_FD_CGROUP, "one fd per number below STEM_FD_CGROUP");
+        for (size_t i = 0; i < n_fds; i++) {
+                fd[i] = i < STEM_FD_CGROUP ? src[i] : c->cgroup_fds[i - STEM_FD_CGROUP];
+                high = MAX(high, fd[i] + 1);
+        }
+
+        args = calloc(9 + n_argv + 1, sizeof(char *));
+        if (!args)
+                return -ENOMEM;
+        snprintf(num[0], sizeof num[0], "%u", (unsigned) c->uid);
+        snprintf(num[1], sizeof num[1], "%d", (int) c->parent);
+        snprintf(num[2], sizeof num[2], "%" PRIu64, c->file_size_max);
+        snprintf(num[3], sizeof num[3], "%" PRIu64, c->open_files_max);
+        snprintf(num[4], sizeof num[4], "%" PRIu64, c->nproc_max);
+        snprintf(num[5], sizeof num[5], "%zu", c->n_cgroup_fds);
+        args[0] = (char *) STEM_HELPER_NAME;
+        for (size_t i = 0; i < 6; i++)
+                args[1 + i] = num[i];
+        args[7] = (char *) c->bwrap;
+        args[8] = (char *) (c->argv ? "exec" : "stem");
+        for (size_t i = 0; i < n_argv; i++)
+                args[9 + i] = c->argv[i];
+
+        k = posix_spawn_file_actions_init(&fa);
+        if (k != 0)
+                return -k;
+        for (size_t i = 0; i < n_fds && k == 0; i++)
+                if (fd[i] >= 0)
+                        k = posix_spawn_file_actions_adddup2(&fa, fd[i], high + (int) i);
+        for (size_t i = 0; i < n_fds && k == 0; i++)
+                k = fd[i] >= 0 ? posix_spawn_file_actions_adddup2(&fa, high + (int) i, (int) i)
+                               : posix_spawn_file_actions_addclose(&fa, (int) i);
+        if (k == 0)
+                k = posix_spawn_file_actions_addclosefrom_np(&fa, (int) n_fds);
+
+        sigemptyset(&none);
+        sigfillset(&all);
+        if (k == 0)
+                k = posix_spawnattr_init(&attr);
+        if (k == 0) {
+                k = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+                if (k == 0)
+                        k = posix_spawnattr_setsigmask(&attr, &none);
+                if (k == 0)
+                        k = posix_spawnattr_setsigdefault(&attr, &all);
+                if (k == 0)
+                        k = posix_spawn(ret, sb->stem_helper, &fa, &attr, args, (char *[]) { NULL });
+                posix_spawnattr_destroy(&attr);
+        }
+        posix_spawn_file_actions_destroy(&fa);
+        return -k;
+}
+
 /* Forks the child of a run into the slot of uid and cgroup cg and fills the child part of
  * ret (pid, pidfd, our ends of its pipes). argv NULL: a stem, which waits for its command
  * line on ctl_fd; else the child executes argv at once. On failure ret may hold a child:
@@ -1334,13 +1430,19 @@ static int child_spawn(Sandbox *sb, uid_t uid, CGroup *cg, char **argv, Stem *re
         };
         c.n_cgroup_fds = cgroup_procs_fds(cg, &c.cgroup_fds);
 
-        pid = fork();
-        if (pid < 0) {
-                k = -errno;
-                goto finish;
+        if (sb->stem_helper) {
+                k = helper_spawn(sb, &c, &pid);
+                if (k < 0)
+                        goto finish;
+        } else {
+                pid = fork();
+                if (pid < 0) {
+                        k = -errno;
+                        goto finish;
+                }
+                if (pid == 0)
+                        child_exec(&c);
         }
-        if (pid == 0)
-                child_exec(&c);
 
         ret->pid = pid;
         ret->pidfd = pidfd_open_(pid);

@@ -61,6 +61,8 @@ typedef struct SandboxSettings {
         const char *cache_dir;      /* C# build cache in <cache_dir>/csharp; NULL: no cache */
         bool workdir_tmpfs;         /* private tmpfs per working directory (default true) */
         const char *bwrap_path;     /* NULL: /usr/bin/bwrap */
+        const char *stem_helper_path; /* dtask-sandbox-stem; NULL: found (see sandbox_stem_helper()),
+                                       * "": none, the children of runs are forked */
         RunnerSettings runners;
 } SandboxSettings;
 
@@ -158,6 +160,9 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Sandbox *, sandbox_free);
 /* "v1" or "v2", and where runs' cgroups go: for the startup log line. */
 const char *sandbox_cgroup_mode(const Sandbox *sb);
 const char *sandbox_cgroup_root(const Sandbox *sb);
+/* The dtask-sandbox-stem that spawns the children of runs: the one next to our executable (a
+ * build tree), else the installed one; NULL where none was built or found: they are forked. */
+const char *sandbox_stem_helper(const Sandbox *sb);
 /* Number of slots (UIDs) in the range: the most runs this process can have at once. */
 unsigned sandbox_slots(const Sandbox *sb);
 /* How many runs started now get a slot at once: the next run's child is prepared in one, and

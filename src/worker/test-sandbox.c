@@ -28,6 +28,7 @@
 #include "config.h"
 #include "log.h"
 #include "sandbox.h"
+#include "stem.h"
 
 #define SEC USEC_PER_SEC
 #define MSEC USEC_PER_MSEC
@@ -47,10 +48,19 @@ static char token[3][33]; /* secrets planted on the host */
 /* ---------------------------------------------------------------------------------------- */
 /* helpers */
 
+/* DTASK_TEST_SANDBOX_FORK=1 (test-sandbox-forked): the children of runs are forked, as in a
+ * build without dtask-sandbox-stem, instead of spawned as dtask-sandbox-stem. */
+static bool forked(void) {
+        const char *e = getenv("DTASK_TEST_SANDBOX_FORK");
+        return e && streq(e, "1");
+}
+
 static void test_settings(SandboxSettings *s) {
         sandbox_settings_init(s);
         s->uid_min = TEST_UID_MIN;
         s->uid_max = TEST_UID_MAX;
+        if (forked())
+                s->stem_helper_path = "";
 }
 
 static void random_token(char buf[static 33]) {
@@ -884,6 +894,12 @@ static void test_prepared_child(void **state) {
         s.uid_max = TEST_UID_SINGLE + 4;
         if (sandbox_new(&s, &two, &error) < 0)
                 fail_msg("%s", strna(error));
+#ifdef STEM_HELPER_PATH
+        /* built: found next to us */
+        assert_true(forked() == !sandbox_stem_helper(two));
+#else
+        assert_null(sandbox_stem_helper(two));
+#endif
         root = strdup(sandbox_cgroup_root(two));
         assert_non_null(root);
         for (unsigned i = 0; i < 2; i++)
@@ -910,6 +926,13 @@ static void test_prepared_child(void **state) {
                         line = strstr(read_str(status), "\nUid:");
                         assert_non_null(line);
                         assert_int_equal(strtoul(line + 5, NULL, 10), 0);
+                        /* dtask-sandbox-stem where it was built (the name cut to 15 bytes), else
+                         * a fork of ours */
+                        snprintf(status, sizeof status, "/proc/%d/comm", (int) stem);
+                        if (sandbox_stem_helper(two))
+                                assert_string_equal(read_str(status), "dtask-sandbox-s\n");
+                        else
+                                assert_string_equal(read_str(status), "test-sandbox\n");
                         n++;
                 }
         }
@@ -1066,6 +1089,97 @@ static void test_py_no_fds_leaked(void **state) {
         assert_string_equal(res.stdout_data, "[]");
         assert_clean(&res);
         sandbox_result_done(&res);
+}
+
+/* dtask-sandbox-stem run by hand, with what the worker would pass it (see stem.h): argv, a
+ * status pipe at STEM_FD_STATUS and a control pipe at STEM_FD_CTL (to_ctl: written and closed,
+ * NULL: left open, "": closed at once). Returns its wait status; *error the ChildError it
+ * reported, zeroed if none. */
+static int helper_try(char **argv, const void *to_ctl, size_t to_ctl_size, ChildError *error) {
+        int st[2], ctl[2], status = 0;
+        pid_t pid;
+        ssize_t k;
+
+        assert_int_equal(pipe2(st, O_CLOEXEC), 0);
+        assert_int_equal(pipe2(ctl, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+                /* above every target first, then to its number; nothing else stays open */
+                int a = fcntl(st[1], F_DUPFD, 20), b = fcntl(ctl[0], F_DUPFD, 20);
+                if (nul < 0 || a < 0 || b < 0 || dup2(nul, 0) < 0 || dup2(nul, 1) < 0 || dup2(nul, 2) < 0 ||
+                    dup2(nul, STEM_FD_BLOCK) < 0 || dup2(a, STEM_FD_STATUS) < 0 || dup2(b, STEM_FD_CTL) < 0 ||
+                    close_range(STEM_FD_CGROUP, ~0U, 0) < 0)
+                        _exit(126);
+                execv(argv[0], argv);
+                _exit(126);
+        }
+        close(st[1]);
+        close(ctl[0]);
+        if (to_ctl && to_ctl_size > 0)
+                assert_int_equal(write(ctl[1], to_ctl, to_ctl_size), (ssize_t) to_ctl_size);
+        if (to_ctl)
+                ctl[1] = safe_close(ctl[1]);
+        *error = (ChildError) {};
+        k = read(st[0], error, sizeof *error);
+        assert_true(k == 0 || k == (ssize_t) sizeof *error);
+        close(st[0]);
+        safe_close(ctl[1]);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        return status;
+}
+
+/* dtask-sandbox-stem refuses arguments it cannot use and a go message that is not one, and
+ * reports why on the status fd; a stem whose control pipe closes exits quietly; with good
+ * arguments it drops to the slot's UID and executes its program (here env, in place of
+ * bubblewrap: it prints nothing, so the status pipe just closes). */
+static void test_stem_helper(void **state) {
+        const char *helper = sandbox_stem_helper(sb);
+        char uid[16], parent[16], nouid[] = "0", *argv[12];
+        const uint32_t bad_magic[2] = { 0x12345678, 4 };
+        ChildError e;
+        int status;
+
+        if (!helper) {
+                print_message("no dtask-sandbox-stem in this build (or DTASK_TEST_SANDBOX_FORK=1)\n");
+                skip();
+        }
+        snprintf(uid, sizeof uid, "%u", (unsigned) (TEST_UID_SINGLE + 11));
+        snprintf(parent, sizeof parent, "%d", (int) getpid());
+#define HELPER_ARGV(u, mode) \
+        memcpy(argv, (char *[]) { (char *) helper, u, parent, "0", "64", "32", "0", "/usr/bin/env", mode, NULL }, \
+               10 * sizeof(char *))
+
+        HELPER_ARGV(nouid, "stem"); /* never root */
+        status = helper_try(argv, "", 0, &e);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 127);
+        assert_int_equal(e.tag, 'E');
+        assert_int_equal(e.step, STEP_ARGS);
+        assert_int_equal(e.error, EINVAL);
+
+        HELPER_ARGV(uid, "later"); /* neither stem nor exec */
+        status = helper_try(argv, "", 0, &e);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 127);
+        assert_int_equal(e.step, STEP_ARGS);
+
+        HELPER_ARGV(uid, "stem"); /* not needed after all */
+        status = helper_try(argv, "", 0, &e);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        assert_int_equal(e.tag, 0);
+
+        status = helper_try(argv, bad_magic, sizeof bad_magic, &e);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 127);
+        assert_int_equal(e.step, STEP_GO);
+        assert_int_equal(e.error, EBADMSG);
+
+        HELPER_ARGV(uid, "exec");
+        argv[9] = "/usr/bin/env";
+        argv[10] = NULL;
+        status = helper_try(argv, NULL, 0, &e);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        assert_int_equal(e.tag, 0);
+#undef HELPER_ARGV
 }
 
 /* When bubblewrap cannot set the sandbox up, the run is an internal error with bubblewrap's
@@ -1827,6 +1941,12 @@ static void test_settings_refused(void **state) {
         error = mfree(error);
 
         sandbox_settings_init(&s);
+        s.stem_helper_path = "/usr/bin/dtask-no-such-stem";
+        assert_int_equal(sandbox_new(&s, &x, &error), -ENOENT);
+        assert_non_null(strstr(error, "/usr/bin/dtask-no-such-stem"));
+        error = mfree(error);
+
+        sandbox_settings_init(&s);
         s.runners.csharp_toolchain = "java";
         assert_int_equal(sandbox_new(&s, &x, &error), -EINVAL);
         assert_non_null(strstr(error, "CSHARP_TOOLCHAIN"));
@@ -1932,6 +2052,7 @@ int main(void) {
                 cmocka_unit_test(test_warm_last_slot),
                 cmocka_unit_test(test_py_no_fds_leaked),
                 cmocka_unit_test(test_bwrap_setup_failure),
+                cmocka_unit_test(test_stem_helper),
                 cmocka_unit_test(test_py_infinite_output),
                 cmocka_unit_test(test_cs_infinite_output),
                 cmocka_unit_test(test_py_ttl_deadline),

@@ -37,6 +37,7 @@ Every step is bounded in time; the container is always shut down and its cgroups
 import ctypes
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -459,6 +460,9 @@ def test_workers(c, key):
     ready = c.out("journalctl -u dtask-worker@1 -o cat --no-pager | grep -m1 '^Ready:' || true")
     log(f"  worker@1: {ready}")
     check("/1 " in ready or "/1," in ready, "the instance appears in the worker's name in its log")
+    if platform.machine() in ("x86_64", "aarch64"):
+        check("runs started by /usr/libexec/dtask/dtask-sandbox-stem," in ready,
+              "the installed worker starts its runs through dtask-sandbox-stem")
 
     n = 10
     ids = [create_task(key, f"spread-{i}", "import time\ntime.sleep(0.5)\nprint('done', end='')") for i in range(n)]

@@ -474,6 +474,11 @@ static bool connection_idle_usable(Connection *conn) {
         return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
+static int connection_send(Connection *conn);
+
+/* Binds req to the idle conn and sends what the socket takes at once (an idle keep-alive
+ * socket takes a request whole): the rest, and an error, once the socket is writable, in
+ * on_connection_io(). So no callback runs from here. */
 static int connection_start(Connection *conn, HttpClientRequest *req) {
         conn->state = CONNECTION_BUSY;
         conn->request = req;
@@ -481,6 +486,7 @@ static int connection_start(Connection *conn, HttpClientRequest *req) {
         req->connection = conn;
         req->state = REQUEST_ACTIVE;
         connection_reset_parser(conn);
+        (void) connection_send(conn);
         return connection_set_events(conn);
 }
 
@@ -933,7 +939,8 @@ static void connection_response_complete(Connection *conn) {
         request_complete(r, 0);
 }
 
-static int connection_do_write(Connection *conn) {
+/* Sends what the socket takes of the request; 0 also when it takes no more for now. */
+static int connection_send(Connection *conn) {
         HttpClientRequest *r = conn->request;
 
         while (conn->out_offset < r->out_size) {
@@ -950,7 +957,12 @@ static int connection_do_write(Connection *conn) {
                 }
                 conn->out_offset += (size_t) n;
         }
-        return connection_set_events(conn);
+        return 0;
+}
+
+static int connection_do_write(Connection *conn) {
+        int r = connection_send(conn);
+        return r < 0 ? r : connection_set_events(conn);
 }
 
 /* Returns 1 when the response is complete, 0 when more is to come, < 0 on error. */
@@ -1406,6 +1418,7 @@ int http_client_request(HttpClient *c, const char *method, const char *path_and_
                         uint64_t timeout_usec, unsigned flags, HttpClientCallback callback, void *userdata,
                         HttpClientRequest **ret_req) {
         _cleanup_free_ HttpClientRequest *req = NULL;
+        Connection *conn;
         char length[48] = "";
         Buffer b = {};
         size_t path_len;
@@ -1496,8 +1509,19 @@ int http_client_request(HttpClient *c, const char *method, const char *path_and_
                 return r;
         }
 
-        queue_append(c, req);
-        client_schedule_dispatch(c);
+        /* Nothing queued and a connection idle: the request goes out now, not after a round of
+         * the event loop and whatever else the loop has pending (a worker's claim, sent the
+         * moment its program exits, would wait for the run's cleanup). */
+        conn = c->queue_head || c->freeing ? NULL : client_find_idle(c);
+        if (conn && connection_start(conn, req) < 0) {
+                (void) connection_detach(conn);
+                connection_free(conn);
+                conn = NULL;
+        }
+        if (!conn) {
+                queue_append(c, req);
+                client_schedule_dispatch(c);
+        }
 
         if (ret_req)
                 *ret_req = req;

@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -946,6 +947,28 @@ static void test_keep_alive_reuse(void **state) {
         assert_int_equal(http_client_get_stats(f->client)->connections_opened, 1);
         assert_int_equal(http_client_get_stats(f->client)->requests, 10);
         assert_int_equal(http_client_n_connections(f->client), 1);
+
+        /* with the connection idle, a request is on the wire when http_client_request()
+         * returns, before the loop runs: not queued, and the server can read it (its callback
+         * still comes from the loop only) */
+        {
+                Result r = {};
+                struct pollfd p = { .events = POLLIN };
+
+                assert_int_equal(http_client_request(f->client, "GET", "/hello", NULL, NULL, NULL, 0, 0, 0,
+                                                     on_result, &r, NULL),
+                                 0);
+                assert_int_equal(http_client_n_queued(f->client), 0);
+                assert_int_equal(f->server->n_open, 1);
+                p.fd = f->server->conns->fd;
+                assert_int_equal(poll(&p, 1, 1000), 1);
+                assert_int_equal(r.n_called, 0);
+                run_until(f->event, &r.n_called, 1, 10 * USEC_PER_SEC);
+                assert_int_equal(r.error, 0);
+                assert_string_equal(r.body, "hello");
+                result_done(&r);
+        }
+        assert_int_equal(f->server->n_accepted, 1);
 }
 
 static void test_concurrency(void **state) {

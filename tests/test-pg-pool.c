@@ -163,6 +163,43 @@ static void test_concurrent_queries(void **state) {
         printf("# 50 queries ran on %u session(s)\n", n_pids);
 }
 
+/* With a session idle and nothing queued, a statement is on its way to the server when
+ * pg_pool_query() returns: another session sees it running before our loop has run once.
+ * Its callback still comes from the loop only. */
+static void test_idle_session_sends_at_once(void **state) {
+        static const char SQL[] = "SELECT $1::text, pg_sleep($2::float8)";
+        _cleanup_(pg_pool_freep) PgPool *p = pool_new(database_url, 1, 0);
+        Outcome warm, o = {};
+        PGconn *observer;
+        bool seen = false;
+
+        /* the session exists, has the statement prepared, and is idle now */
+        warm = query(p, SQL, 2, (const char *[]) { "idle-session-sends-at-once", "0" }, 0);
+        assert_int_equal(warm.error, 0);
+
+        assert_int_equal(pg_pool_query(p, SQL, 2, (const char *[]) { "idle-session-sends-at-once", "0.5" }, 0,
+                                       outcome_cb, &o, NULL),
+                         0);
+        observer = PQconnectdb(database_url);
+        assert_int_equal(PQstatus(observer), CONNECTION_OK);
+        for (unsigned i = 0; i < 40 && !seen; i++) {
+                PGresult *r = PQexec(observer, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                               "AND query = 'SELECT $1::text, pg_sleep($2::float8)'");
+                assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+                seen = streq(PQgetvalue(r, 0, 0), "1");
+                PQclear(r);
+                if (!seen)
+                        (void) usleep(10 * 1000);
+        }
+        PQfinish(observer);
+        assert_true(seen);
+        assert_int_equal(o.calls, 0);
+
+        assert_true(run_until(&o.calls, 1, 10 * USEC_PER_SEC));
+        assert_int_equal(o.error, 0);
+        assert_string_equal(o.value, "idle-session-sends-at-once");
+}
+
 /* ---- deadlines ---- */
 
 static void test_deadline(void **state) {
@@ -675,6 +712,7 @@ static int teardown(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_concurrent_queries),
+                cmocka_unit_test(test_idle_session_sends_at_once),
                 cmocka_unit_test(test_deadline),
                 cmocka_unit_test(test_deadline_stops_statement),
                 cmocka_unit_test(test_large_parameters),

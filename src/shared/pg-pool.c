@@ -574,6 +574,26 @@ static void pool_grow(PgPool *p) {
                 conn_open(next);
 }
 
+/* Binds q to the idle session c and sends its first step. On failure q is unbound again,
+ * for the caller to deal with (see conn_send() for the errors). */
+static int conn_start(PgConn *c, PgQuery *q) {
+        int r;
+
+        q->state = QUERY_RUNNING;
+        q->conn = c;
+        q->phase = q->transaction ? PHASE_BEGIN : PHASE_STATEMENT;
+        q->step = 0;
+        c->query = q;
+
+        r = conn_send(c);
+        if (r < 0) {
+                c->query = NULL;
+                q->conn = NULL;
+                c->flushing = false;
+        }
+        return r;
+}
+
 static int pool_dispatch(sd_event_source *s, void *userdata) {
         PgPool *p = userdata;
 
@@ -592,19 +612,10 @@ static int pool_dispatch(sd_event_source *s, void *userdata) {
 
                 q = p->queue_head;
                 queue_remove(p, q);
-                q->state = QUERY_RUNNING;
-                q->conn = c;
-                q->phase = q->transaction ? PHASE_BEGIN : PHASE_STATEMENT;
-                q->step = 0;
-                c->query = q;
-
-                r = conn_send(c);
+                r = conn_start(c, q);
                 if (r >= 0)
                         continue;
 
-                c->query = NULL;
-                q->conn = NULL;
-                c->flushing = false;
                 if (r == -ECONNRESET) {
                         /* Nothing ran: the query goes back to the front of the queue. */
                         queue_prepend(p, q);
@@ -649,6 +660,7 @@ static int query_timer_handler(sd_event_source *s, uint64_t usec, void *userdata
 static int pool_submit(PgPool *p, const PgStatement *statements, size_t n, bool transaction, uint64_t timeout_usec,
                        PgCallback callback, void *userdata, PgQuery **ret_query) {
         _cleanup_(query_freep) PgQuery *q = NULL;
+        bool started = false;
         int r;
 
         if (p->closing)
@@ -692,8 +704,19 @@ static int pool_submit(PgPool *p, const PgStatement *statements, size_t n, bool 
                 (void) sd_event_source_set_description(q->timer, "pg-query-deadline");
         }
 
-        queue_append(p, q);
-        pool_schedule_dispatch(p);
+        /* Nothing queued and a session idle: the statement goes out now, not after a round of
+         * the event loop and whatever else the loop has pending. No callback runs from here:
+         * a session that fails its check or the send leaves the query to pool_dispatch(),
+         * which deals with both. */
+        for (unsigned i = 0; i < p->size && !p->queue_head; i++)
+                if (conn_is_idle(&p->conns[i])) {
+                        started = conn_preflight(&p->conns[i]) && conn_start(&p->conns[i], q) >= 0;
+                        break;
+                }
+        if (!started) {
+                queue_append(p, q);
+                pool_schedule_dispatch(p);
+        }
 
         if (ret_query)
                 *ret_query = q;

@@ -1344,6 +1344,7 @@ static int helper_spawn(const Sandbox *sb, const ChildSetup *c, pid_t *ret) {
         int fd[STEM_FD_CGROUP + CGROUP_PROCS_FDS_MAX], high = (int) n_fds, k;
 
         _Static_assert(ELEMENTSOF(src) == STEM_FD_CGROUP, "one fd per number below STEM_FD_CGROUP");
+        _Static_assert(CGROUP_PROCS_FDS_MAX <= STEM_CGROUP_FDS_MAX, "more cgroup fds than the helper takes");
         for (size_t i = 0; i < n_fds; i++) {
                 fd[i] = i < STEM_FD_CGROUP ? src[i] : c->cgroup_fds[i - STEM_FD_CGROUP];
                 high = MAX(high, fd[i] + 1);

@@ -211,7 +211,7 @@ __attribute__((used)) _Noreturn void stem_main(long *sp) {
         if (argc < 9 || !parse_u64(argv[1], &uid) || !parse_u64(argv[2], &parent) ||
             !parse_u64(argv[3], &file_size_max) || !parse_u64(argv[4], &open_files_max) ||
             !parse_u64(argv[5], &nproc_max) || !parse_u64(argv[6], &n_cgroup_fds) || uid == 0 ||
-            uid > UINT32_MAX - 1 || n_cgroup_fds > 16)
+            uid > UINT32_MAX - 1 || n_cgroup_fds > STEM_CGROUP_FDS_MAX)
                 fail(STEP_ARGS, -EINVAL);
         stem = streq(argv[8], "stem");
         if (stem ? argc != 9 : !streq(argv[8], "exec") || argc < 10)

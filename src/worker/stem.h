@@ -37,6 +37,7 @@
 #define STEM_FD_STATUS 4
 #define STEM_FD_CTL 5
 #define STEM_FD_CGROUP 6
+#define STEM_CGROUP_FDS_MAX 16 /* what dtask-sandbox-stem accepts */
 
 #define STEM_HELPER_NAME "dtask-sandbox-stem"
 

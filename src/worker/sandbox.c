@@ -1433,9 +1433,16 @@ static int child_spawn(Sandbox *sb, uid_t uid, CGroup *cg, char **argv, Stem *re
 
         if (sb->stem_helper) {
                 k = helper_spawn(sb, &c, &pid);
-                if (k < 0)
+                if (k == -ENOENT || k == -EACCES || k == -ENOEXEC) {
+                        /* gone or broken under us (a package removed, or half upgraded): this run
+                         * goes on, and the next ones, with the fork */
+                        log_warning_errno(k, "Cannot start %s, forking the children of runs from now on: %m",
+                                          sb->stem_helper);
+                        sb->stem_helper = mfree(sb->stem_helper);
+                } else if (k < 0)
                         goto finish;
-        } else {
+        }
+        if (!sb->stem_helper) {
                 pid = fork();
                 if (pid < 0) {
                         k = -errno;

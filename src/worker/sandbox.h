@@ -161,7 +161,8 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Sandbox *, sandbox_free);
 const char *sandbox_cgroup_mode(const Sandbox *sb);
 const char *sandbox_cgroup_root(const Sandbox *sb);
 /* The dtask-sandbox-stem that spawns the children of runs: the one next to our executable (a
- * build tree), else the installed one; NULL where none was built or found: they are forked. */
+ * build tree), else the installed one; NULL where none was built or found, or since it could
+ * not be started: they are forked. */
 const char *sandbox_stem_helper(const Sandbox *sb);
 /* Number of slots (UIDs) in the range: the most runs this process can have at once. */
 unsigned sandbox_slots(const Sandbox *sb);

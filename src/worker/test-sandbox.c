@@ -39,7 +39,8 @@
 static uid_t test_uid_base; /* 62000 + 100·k, k from a lock: two test processes never share UIDs */
 #define TEST_UID_MIN (test_uid_base)
 #define TEST_UID_MAX (test_uid_base + 63)
-#define TEST_UID_SINGLE (test_uid_base + 64) /* .. + 79: single-slot sandboxes */
+#define TEST_UID_SINGLE (test_uid_base + 64) /* .. TEST_UID_LAST: single-slot and small sandboxes */
+#define TEST_UID_LAST (test_uid_base + 99)
 
 static Sandbox *sb;
 static char cache_base[64];
@@ -176,7 +177,7 @@ static void assert_clean(const SandboxResult *res) {
         int status;
         pid_t pid;
 
-        assert_true(res->uid >= TEST_UID_MIN && res->uid <= TEST_UID_SINGLE + 15);
+        assert_true(res->uid >= TEST_UID_MIN && res->uid <= TEST_UID_LAST);
         assert_int_equal(processes_of(res->uid), 0);
         assert_slot_cgroup_empty(res->uid);
         snprintf(path, sizeof path, RUNTIME_DIR "/slot-%u", (unsigned) res->uid);
@@ -1182,6 +1183,48 @@ static void test_stem_helper(void **state) {
 #undef HELPER_ARGV
 }
 
+/* dtask-sandbox-stem gone while the worker runs (the package removed, or half upgraded): the
+ * runs go on, the worker forks their children from then on. */
+static void test_stem_helper_gone(void **state) {
+        _cleanup_(sandbox_freep) Sandbox *two = NULL;
+        _cleanup_free_ char *error = NULL;
+        char dir[] = "/tmp/dtask-test-stem-XXXXXX", path[64], cmd[256];
+        SandboxSettings s;
+        SandboxResult res = {};
+
+        if (!sandbox_stem_helper(sb)) {
+                print_message("no dtask-sandbox-stem in this build (or DTASK_TEST_SANDBOX_FORK=1)\n");
+                skip();
+        }
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/" STEM_HELPER_NAME, dir);
+        snprintf(cmd, sizeof cmd, "cp '%s' '%s'", sandbox_stem_helper(sb), path);
+        assert_int_equal(system(cmd), 0);
+
+        test_settings(&s);
+        s.uid_min = TEST_UID_SINGLE + 16; /* two slots: the next run's child is started ahead */
+        s.uid_max = TEST_UID_SINGLE + 17;
+        s.stem_helper_path = path;
+        if (sandbox_new(&s, &two, &error) < 0)
+                fail_msg("%s", strna(error));
+        assert_string_equal(sandbox_stem_helper(two), path);
+
+        for (unsigned i = 0; i < 3; i++) {
+                if (i == 1)
+                        assert_int_equal(unlink(path), 0);
+                run_full(two, LANGUAGE_PYTHON, "import sys\nprint(sys.stdin.read(), end='')\n", "still runs", 0, 0,
+                         &res);
+                assert_verdict(&res, SANDBOX_VERDICT_OK);
+                assert_string_equal(res.stdout_data, "still runs");
+                assert_clean(&res);
+                sandbox_result_done(&res);
+        }
+        assert_null(sandbox_stem_helper(two));
+
+        two = sandbox_free(two);
+        assert_int_equal(rmdir(dir), 0);
+}
+
 /* When bubblewrap cannot set the sandbox up, the run is an internal error with bubblewrap's
  * reason, not the program's failure. */
 static void test_bwrap_setup_failure(void **state) {
@@ -2053,6 +2096,7 @@ int main(void) {
                 cmocka_unit_test(test_py_no_fds_leaked),
                 cmocka_unit_test(test_bwrap_setup_failure),
                 cmocka_unit_test(test_stem_helper),
+                cmocka_unit_test(test_stem_helper_gone),
                 cmocka_unit_test(test_py_infinite_output),
                 cmocka_unit_test(test_cs_infinite_output),
                 cmocka_unit_test(test_py_ttl_deadline),

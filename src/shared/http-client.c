@@ -478,16 +478,24 @@ static int connection_send(Connection *conn);
 
 /* Binds req to the idle conn and sends what the socket takes at once (an idle keep-alive
  * socket takes a request whole): the rest, and an error, once the socket is writable, in
- * on_connection_io(). So no callback runs from here. */
+ * on_connection_io(). So no callback runs from here. Fails only before anything was sent
+ * (the request may go on another connection then). */
 static int connection_start(Connection *conn, HttpClientRequest *req) {
+        int r;
+
         conn->state = CONNECTION_BUSY;
         conn->request = req;
         conn->out_offset = 0;
         req->connection = conn;
         req->state = REQUEST_ACTIVE;
         connection_reset_parser(conn);
+        r = connection_set_events(conn); /* EPOLLOUT too: nothing is sent yet */
+        if (r < 0)
+                return r;
         (void) connection_send(conn);
-        return connection_set_events(conn);
+        /* all sent: EPOLLIN only. If that fails, on_connection_io() tries again. */
+        (void) connection_set_events(conn);
+        return 0;
 }
 
 static void connection_set_idle(Connection *conn) {
@@ -1076,6 +1084,11 @@ static int on_connection_io(sd_event_source *s, int fd, uint32_t revents, void *
                         connection_fail(conn, r);
                         return 0;
                 }
+        } else if (revents & EPOLLOUT) {
+                /* all sent, still watched for writing: connection_start() could not drop it */
+                r = connection_set_events(conn);
+                if (r < 0)
+                        connection_fail(conn, r);
         }
 
         return 0;

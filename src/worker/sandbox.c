@@ -1335,7 +1335,7 @@ static void stem_discard(Stem *s) {
  * so that no copy overwrites an fd still to be copied; everything else is closed. */
 static int helper_spawn(const Sandbox *sb, const ChildSetup *c, pid_t *ret) {
         const int src[] = { c->stdin_fd, c->stdout_fd, c->stderr_fd, c->block_fd, c->status_fd, c->ctl_fd };
-        char num[6][24];
+        char num[STEM_ARG_BWRAP - STEM_ARG_UID][24];
         _cleanup_free_ char **args = NULL;
         size_t n_argv = c->argv ? strv_length(c->argv) : 0, n_fds = STEM_FD_CGROUP + c->n_cgroup_fds;
         posix_spawn_file_actions_t fa;
@@ -1350,22 +1350,24 @@ static int helper_spawn(const Sandbox *sb, const ChildSetup *c, pid_t *ret) {
                 high = MAX(high, fd[i] + 1);
         }
 
-        args = calloc(9 + n_argv + 1, sizeof(char *));
+        args = calloc(STEM_ARG_COMMAND + n_argv + 1, sizeof(char *));
         if (!args)
                 return -ENOMEM;
-        snprintf(num[0], sizeof num[0], "%u", (unsigned) c->uid);
-        snprintf(num[1], sizeof num[1], "%d", (int) c->parent);
-        snprintf(num[2], sizeof num[2], "%" PRIu64, c->file_size_max);
-        snprintf(num[3], sizeof num[3], "%" PRIu64, c->open_files_max);
-        snprintf(num[4], sizeof num[4], "%" PRIu64, c->nproc_max);
-        snprintf(num[5], sizeof num[5], "%zu", c->n_cgroup_fds);
+#define NUM(arg) num[(arg) - STEM_ARG_UID]
+        snprintf(NUM(STEM_ARG_UID), sizeof num[0], "%u", (unsigned) c->uid);
+        snprintf(NUM(STEM_ARG_PARENT), sizeof num[0], "%d", (int) c->parent);
+        snprintf(NUM(STEM_ARG_FILE_SIZE_MAX), sizeof num[0], "%" PRIu64, c->file_size_max);
+        snprintf(NUM(STEM_ARG_OPEN_FILES_MAX), sizeof num[0], "%" PRIu64, c->open_files_max);
+        snprintf(NUM(STEM_ARG_NPROC_MAX), sizeof num[0], "%" PRIu64, c->nproc_max);
+        snprintf(NUM(STEM_ARG_N_CGROUP_FDS), sizeof num[0], "%zu", c->n_cgroup_fds);
         args[0] = (char *) STEM_HELPER_NAME;
-        for (size_t i = 0; i < 6; i++)
-                args[1 + i] = num[i];
-        args[7] = (char *) c->bwrap;
-        args[8] = (char *) (c->argv ? "exec" : "stem");
+        for (int a = STEM_ARG_UID; a < STEM_ARG_BWRAP; a++)
+                args[a] = NUM(a);
+#undef NUM
+        args[STEM_ARG_BWRAP] = (char *) c->bwrap;
+        args[STEM_ARG_MODE] = (char *) (c->argv ? "exec" : "stem");
         for (size_t i = 0; i < n_argv; i++)
-                args[9 + i] = c->argv[i];
+                args[STEM_ARG_COMMAND + i] = c->argv[i];
 
         k = posix_spawn_file_actions_init(&fa);
         if (k != 0)

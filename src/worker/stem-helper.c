@@ -208,13 +208,15 @@ __attribute__((used)) _Noreturn void stem_main(long *sp) {
         if (k < 0)
                 sys(__NR_exit_group, 127);
 
-        if (argc < 9 || !parse_u64(argv[1], &uid) || !parse_u64(argv[2], &parent) ||
-            !parse_u64(argv[3], &file_size_max) || !parse_u64(argv[4], &open_files_max) ||
-            !parse_u64(argv[5], &nproc_max) || !parse_u64(argv[6], &n_cgroup_fds) || uid == 0 ||
-            uid > UINT32_MAX - 1 || n_cgroup_fds > STEM_CGROUP_FDS_MAX)
+        if (argc < STEM_ARG_COMMAND || !parse_u64(argv[STEM_ARG_UID], &uid) ||
+            !parse_u64(argv[STEM_ARG_PARENT], &parent) || !parse_u64(argv[STEM_ARG_FILE_SIZE_MAX], &file_size_max) ||
+            !parse_u64(argv[STEM_ARG_OPEN_FILES_MAX], &open_files_max) ||
+            !parse_u64(argv[STEM_ARG_NPROC_MAX], &nproc_max) ||
+            !parse_u64(argv[STEM_ARG_N_CGROUP_FDS], &n_cgroup_fds) || uid == 0 || uid > UINT32_MAX - 1 ||
+            n_cgroup_fds > STEM_CGROUP_FDS_MAX)
                 fail(STEP_ARGS, -EINVAL);
-        stem = streq(argv[8], "stem");
-        if (stem ? argc != 9 : !streq(argv[8], "exec") || argc < 10)
+        stem = streq(argv[STEM_ARG_MODE], "stem");
+        if (stem ? argc != STEM_ARG_COMMAND : !streq(argv[STEM_ARG_MODE], "exec") || argc <= STEM_ARG_COMMAND)
                 fail(STEP_ARGS, -EINVAL);
 
         if (stem) {
@@ -233,7 +235,7 @@ __attribute__((used)) _Noreturn void stem_main(long *sp) {
                         fail(STEP_CGROUP, k < 0 ? k : -EIO);
         }
 
-        exec_argv = stem ? read_go_message() : argv + 9;
+        exec_argv = stem ? read_go_message() : argv + STEM_ARG_COMMAND;
 
         /* bubblewrap gets 0-2, the block fd and the status fd (until the exec) */
         k = sys(__NR_close_range, STEM_FD_CTL, ~0U, 0);
@@ -261,6 +263,6 @@ __attribute__((used)) _Noreturn void stem_main(long *sp) {
                 fail(STEP_PARENT, -ESRCH);
 
         (void) sys(__NR_umask, 0077);
-        k = sys(__NR_execve, argv[7], exec_argv, envp);
+        k = sys(__NR_execve, argv[STEM_ARG_BWRAP], exec_argv, envp);
         fail(STEP_EXEC, k);
 }

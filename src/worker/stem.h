@@ -41,6 +41,19 @@
 
 #define STEM_HELPER_NAME "dtask-sandbox-stem"
 
+/* Its arguments, by position (argv[0] is its name): */
+enum {
+        STEM_ARG_UID = 1,
+        STEM_ARG_PARENT,
+        STEM_ARG_FILE_SIZE_MAX,
+        STEM_ARG_OPEN_FILES_MAX,
+        STEM_ARG_NPROC_MAX,
+        STEM_ARG_N_CGROUP_FDS,
+        STEM_ARG_BWRAP,
+        STEM_ARG_MODE,    /* "stem" or "exec" */
+        STEM_ARG_COMMAND, /* exec: bubblewrap's command line from here on */
+};
+
 typedef struct ChildError {
         char tag; /* 'E' */
         int step;

@@ -76,13 +76,6 @@ enum {
 #define INTERVAL_USEC(p) "(" p "::bigint * interval '1 microsecond')"
 #define OWNER_FILTER "($2::uuid IS NULL OR owner_id = $2::uuid)"
 
-/* Statements on one task by id test its status as an integer: the planner then cannot
- * prove the predicate of a partial index by status (tasks_live_expiry_idx, tasks_lease_idx,
- * ...) from them and looks the row up by primary key. Otherwise it picks such an index
- * whenever the statistics still count the live tasks as the few they were at the last
- * ANALYZE, as during any burst of work, and each claim reads the whole Pending backlog. */
-#define ROW_STATUS "status::integer"
-
 /* The row after a change, or the current row when nothing changed (then "applied" is false). */
 #define APPLIED_OR_CURRENT(where)                                                    \
         "SELECT " TASK_COLUMNS ", true FROM upd "                                    \

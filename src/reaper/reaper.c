@@ -62,20 +62,24 @@ static const char sql_rescue[] =
  * confirmed within the grace period ($1), and those that became Pending long ago ($2),
  * were published and never claimed. Taking them stamps the outbox row's attempted_at or
  * the task's published_at, so that concurrent reapers do not pick the same ones for a
- * while. The never-claimed ones are read from the index range of the Pending tasks created
- * before $2, so that a pass does not cost more with a large backlog waiting for a worker.
- * Outbox rows of tasks that are no longer Pending in that run (dtask-api stopped between a
- * publish and its confirm) are deleted. */
+ * while. Outbox rows of tasks that are no longer Pending in that run (dtask-api stopped
+ * between a publish and its confirm) are deleted. The outbox parts look the tasks of its rows
+ * up by primary key (ROW_STATUS): with statistics from before a burst, the planner walked
+ * every live task through tasks_live_expiry_idx for each of them instead. The never-claimed
+ * ones are meant to be read from the index range of the Pending tasks created before $2
+ * (tasks_pending_created_idx); that range needs the predicate status = 0, which also lets the
+ * planner take tasks_live_expiry_idx, and with such statistics it does, walking the live tasks
+ * once per pass until the next ANALYZE. */
 static const char sql_take_unpublished[] =
         "WITH leftover AS ("
         "  DELETE FROM task_outbox o"
         "  WHERE o.created_at < now() - $1::bigint * interval '1 microsecond'"
         "    AND NOT EXISTS (SELECT 1 FROM tasks t"
-        "                    WHERE t.id = o.task_id AND t.status = 0 AND t.retry_count = o.retry_count)),"
+        "                    WHERE t.id = o.task_id AND t." ROW_STATUS " = 0 AND t.retry_count = o.retry_count)),"
         " unpublished AS ("
         "  SELECT o.task_id AS id FROM task_outbox o"
         "  JOIN tasks t ON t.id = o.task_id AND t.retry_count = o.retry_count"
-        "  WHERE t.status = 0 AND t.expires_at > now()"
+        "  WHERE t." ROW_STATUS " = 0 AND t.expires_at > now()"
         "    AND o.created_at < now() - $1::bigint * interval '1 microsecond'"
         "    AND (o.attempted_at IS NULL OR o.attempted_at < now() - $1::bigint * interval '1 microsecond')"
         "  ORDER BY o.created_at LIMIT " REAPER_BATCH " FOR UPDATE OF o SKIP LOCKED),"

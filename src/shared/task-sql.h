@@ -3,6 +3,14 @@
 
 /* SQL fragments that dtask-api and dtask-reaper both write into their statements on tasks. */
 
+/* Statements that reach a task by its id test its status as an integer: the planner then
+ * cannot prove the predicate of a partial index by status (tasks_live_expiry_idx,
+ * tasks_lease_idx, ...) from them and looks the row up by primary key. Otherwise it picks
+ * such an index whenever the statistics still count the live tasks as the few they were at
+ * the last ANALYZE, as during any burst of work, and reads the whole backlog: each claim in
+ * dtask-api, each pass of dtask-reaper over the outbox. */
+#define ROW_STATUS "status::integer"
+
 /* A CTE "ob" that records, for each row of the CTE `from` matching `where`, that the message of
  * the task's current run awaits the broker's confirm (task_outbox, sql/0004). `attempted_at`:
  * NULL, or now() when the caller publishes it at once itself (other reapers leave it alone). */

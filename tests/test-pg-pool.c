@@ -292,6 +292,22 @@ static void test_large_parameters(void **state) {
         assert_int_equal(strlen(r.value), sizeof r.value - 1); /* truncated copy, but all of it arrived */
 }
 
+/* ---- what every session of the pool runs with ---- */
+
+/* No JIT (the server's default is on where PostgreSQL was built with LLVM): a short statement
+ * whose estimate passed jit_above_cost was compiled for ~0.4 s. And the dropped-connection
+ * check that stops a statement past its deadline (test_deadline_stops_statement). */
+static void test_session_settings(void **state) {
+        _cleanup_(pg_pool_freep) PgPool *p = pool_new(database_url, 1, 0);
+
+        Outcome o = query(p, "SELECT current_setting('jit')", 0, NULL, 0);
+        assert_int_equal(o.error, 0);
+        assert_string_equal(o.value, "off");
+        o = query(p, "SELECT current_setting('client_connection_check_interval')", 0, NULL, 0);
+        assert_int_equal(o.error, 0);
+        assert_string_equal(o.value, "1s");
+}
+
 /* ---- SQL errors ---- */
 
 static void test_sql_errors(void **state) {
@@ -716,6 +732,7 @@ int main(void) {
                 cmocka_unit_test(test_deadline),
                 cmocka_unit_test(test_deadline_stops_statement),
                 cmocka_unit_test(test_large_parameters),
+                cmocka_unit_test(test_session_settings),
                 cmocka_unit_test(test_sql_errors),
                 cmocka_unit_test(test_transaction),
                 cmocka_unit_test(test_prepared_statements),

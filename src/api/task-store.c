@@ -977,8 +977,7 @@ int task_store_stats(TaskStore *s, bool live_only, TaskStoreStatsCallback cb, vo
         "SELECT status, count(*), " USEC("now() - min(created_at)") ", " \
         "CASE WHEN status = 0 THEN (SELECT count(*) FROM task_outbox) END FROM tasks "
         static const char sql_all[] = STATS_SELECT "GROUP BY status";
-        /* the predicate of tasks_live_expiry_idx */
-        static const char sql_live[] = STATS_SELECT "WHERE status IN (0, 1) GROUP BY status";
+        static const char sql_live[] = STATS_SELECT "WHERE " LIVE_STATUS " GROUP BY status";
 #undef STATS_SELECT
         const char *sql = live_only ? sql_live : sql_all;
         _cleanup_(store_op_freep) StoreOp *op = op_new(s, OP_STATS, NULL, userdata);

@@ -20,7 +20,7 @@
 static const char sql_expire[] =
         "WITH overdue AS ("
         "  SELECT id, status AS old_status FROM tasks"
-        "  WHERE status IN (0, 1) AND expires_at <= now()"
+        "  WHERE " LIVE_STATUS " AND expires_at <= now()"
         "  ORDER BY expires_at LIMIT " REAPER_BATCH " FOR UPDATE SKIP LOCKED),"
         " expired AS ("
         "  UPDATE tasks t SET status = 4, completed_at = now(), updated_at = now(),"
@@ -63,23 +63,26 @@ static const char sql_rescue[] =
  * were published and never claimed. Taking them stamps the outbox row's attempted_at or
  * the task's published_at, so that concurrent reapers do not pick the same ones for a
  * while. Outbox rows of tasks that are no longer Pending in that run (dtask-api stopped
- * between a publish and its confirm) are deleted. The outbox parts look the tasks of its rows
- * up by primary key (ROW_STATUS): with statistics from before a burst, the planner walked
- * every live task through tasks_live_expiry_idx for each of them instead. The never-claimed
- * ones are meant to be read from the index range of the Pending tasks created before $2
- * (tasks_pending_created_idx); that range needs the predicate status = 0, which also lets the
- * planner take tasks_live_expiry_idx, and with such statistics it does, walking the live tasks
- * once per pass until the next ANALYZE. */
+ * between a publish and its confirm) are deleted. None of it costs more with a large backlog
+ * waiting for a worker, whatever the statistics say (with statistics taken before a burst the
+ * planner walked every live task for each part):
+ *  - the outbox drives its parts, and each of its rows looks its task up by primary key in a
+ *    subquery of its own: OUTBOX_TASK's OFFSET 0 keeps the planner from turning the EXISTS
+ *    into a join that reads tasks first, ROW_STATUS from taking a partial index by status;
+ *  - the never-claimed ones are read from the index range of the Pending tasks created before
+ *    $2 (tasks_pending_created_idx): "status = 0" cannot use tasks_live_expiry_idx
+ *    (LIVE_STATUS). */
+#define OUTBOX_TASK(cond)                                                                     \
+        "EXISTS (SELECT 1 FROM tasks t WHERE t.id = o.task_id AND t.retry_count = o.retry_count " \
+        "AND t." ROW_STATUS " = 0" cond " OFFSET 0)"
 static const char sql_take_unpublished[] =
         "WITH leftover AS ("
         "  DELETE FROM task_outbox o"
         "  WHERE o.created_at < now() - $1::bigint * interval '1 microsecond'"
-        "    AND NOT EXISTS (SELECT 1 FROM tasks t"
-        "                    WHERE t.id = o.task_id AND t." ROW_STATUS " = 0 AND t.retry_count = o.retry_count)),"
+        "    AND NOT " OUTBOX_TASK("") "),"
         " unpublished AS ("
         "  SELECT o.task_id AS id FROM task_outbox o"
-        "  JOIN tasks t ON t.id = o.task_id AND t.retry_count = o.retry_count"
-        "  WHERE t." ROW_STATUS " = 0 AND t.expires_at > now()"
+        "  WHERE " OUTBOX_TASK(" AND t.expires_at > now()")
         "    AND o.created_at < now() - $1::bigint * interval '1 microsecond'"
         "    AND (o.attempted_at IS NULL OR o.attempted_at < now() - $1::bigint * interval '1 microsecond')"
         "  ORDER BY o.created_at LIMIT " REAPER_BATCH " FOR UPDATE OF o SKIP LOCKED),"

@@ -11,6 +11,13 @@
  * dtask-api, each pass of dtask-reaper over the outbox. */
 #define ROW_STATUS "status::integer"
 
+/* Statements over all live tasks (Pending and InProgress) spell the test as the predicate of
+ * tasks_live_expiry_idx (sql/0006), and only they can use that index. A statement on the
+ * Pending tasks alone ("status = 0") then reads tasks_pending_created_idx: with "status IN
+ * (0, 1)" as the predicate it could read either, and with statistics taken when no task was
+ * live the planner took the smaller, walking every live task. */
+#define LIVE_STATUS "(status + 0) IN (0, 1)"
+
 /* A CTE "ob" that records, for each row of the CTE `from` matching `where`, that the message of
  * the task's current run awaits the broker's confirm (task_outbox, sql/0004). `attempted_at`:
  * NULL, or now() when the caller publishes it at once itself (other reapers leave it alone). */

@@ -38,7 +38,7 @@
 
 /* Run once per new session. No JIT: our statements are short, and with statistics from
  * before a burst their estimates can pass jit_above_cost all the same; compiling them then
- * took ~0.4 s (a pass of dtask-reaper, 0.66 s instead of ~1 ms). With the second setting
+ * took ~0.4 s (a pass of dtask-reaper, 0.66 s instead of 0.2 ms). With the second setting
  * (PostgreSQL ≥ 14, Linux) the server notices within a second that we dropped a connection
  * whose statement ran past its deadline, and stops the statement; older servers reject it,
  * which is fine (it comes last). */

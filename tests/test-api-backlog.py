@@ -50,6 +50,16 @@ def main():
     sql(f"""INSERT INTO tasks (id, name, code, language, owner_id, ttl, expires_at, published_at)
             SELECT gen_random_uuid(), '{NAME}', E'print(1)\\n# ' || repeat(md5(i::text), 45), 1, '{ME}',
                    interval '1 hour', now() + interval '1 hour', now() FROM generate_series(1, {BACKLOG}) i""")
+    # whatever happens, the backlog goes: left behind, dtask-reaper would publish it as never
+    # claimed (REPUBLISH_AFTER, 5 minutes) and the workers would run all of it
+    try:
+        task_statements(worker)
+    finally:
+        sql(f"DELETE FROM tasks WHERE name = '{NAME}'")
+    finish()
+
+
+def task_statements(worker):
     ids = [r[0] for r in sql(f"SELECT id FROM tasks WHERE name = '{NAME}' LIMIT 3")]
     live = int(sql_value("SELECT count(*) FROM tasks WHERE status IN (0, 1)"))
     check(live >= BACKLOG, f"a backlog of {live} live tasks")
@@ -78,9 +88,6 @@ def main():
     for calls, per_call, query in seen:
         check(per_call <= MAX_BUFFERS_PER_CALL,
               f"{per_call} buffers per call (at most {MAX_BUFFERS_PER_CALL} with {BACKLOG} waiting): {query}…")
-
-    sql(f"DELETE FROM tasks WHERE name = '{NAME}'")
-    finish()
 
 
 main()
